@@ -1,0 +1,71 @@
+"""create_app(): the whole gateway, read top to bottom.
+
+Settings -> shared state -> resources (cleanup contexts, opened in order, closed in
+reverse) -> middlewares (order fixed in middlewares/__init__) -> routes -> hooks.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .auth.api_keys import key_store_ctx
+from .auth.jwt import jwks_ctx
+from .cors import setup_cors
+from .headers import standard_headers
+from .hub.hub import hub_ctx
+from .hub.turns import turns_ctx
+from .lifecycle import LIFECYCLE, Lifecycle, mark_draining, mark_ready
+from .metrics import HTTP_METRICS, REGISTRY, HttpMetrics
+from .middlewares import setup_middlewares
+from .ratelimit.leases import leases_ctx
+from .ratelimit.limiter import limiter_ctx
+from .redis_client import redis_ctx
+from .routes import auth, chat, docs, events, health, metrics, proxy, stats, usage, ws
+from .routes.access import ROUTE_ACCESS
+from .settings import SETTINGS, Settings
+from .upstream.sessions import upstream_sessions_ctx
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build one gateway application from validated settings."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+
+    # Shared state, typed keys only.
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    app[REGISTRY] = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    app[HTTP_METRICS] = HttpMetrics.create(app[REGISTRY])
+    app[ROUTE_ACCESS] = {}
+
+    # Resources: one cleanup context each, opened top to bottom, closed bottom to top.
+    app.cleanup_ctx.extend([
+        redis_ctx,              # REDIS, when REDIS_URL is set (else in-memory twins)
+        upstream_sessions_ctx,  # one persistent ClientSession per upstream
+        key_store_ctx,          # API keys: file store or Redis store
+        jwks_ctx,               # JWT keys: secret, PEM or JWKS with its refresh cache
+        limiter_ctx,            # rate limiter: memory or Redis (Lua) backend
+        leases_ctx,             # concurrent-stream leases
+        hub_ctx,                # streaming hub: broker, history, subscribers
+        turns_ctx,              # resumable chat turns
+    ])
+
+    setup_middlewares(app)
+
+    # Routes: public first, then the API surface.
+    health.setup(app)       # /healthz /live /ready /health
+    metrics.setup(app)      # /metrics
+    docs.setup(app)         # /openapi.json /docs and the demo page at /
+    auth.setup(app)         # /v1/auth/ticket
+    usage.setup(app)        # /v1/usage /v1/me
+    chat.setup(app)         # /v1/chat /v1/chat/stream
+    events.setup(app)       # /v1/events /v1/events/publish
+    ws.setup(app)           # /v1/ws
+    stats.setup(app)        # /v1/stats
+    proxy.setup(app)        # /v1/elr/* /v1/activities/* ... from the route table (last)
+    setup_cors(app)
+
+    app.on_response_prepare.append(standard_headers)
+    app.on_startup.append(mark_ready)
+    app.on_shutdown.insert(0, mark_draining)
+    return app

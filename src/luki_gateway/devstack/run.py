@@ -1,0 +1,17 @@
+"""`luki-gateway dev`: the gateway in development mode (reference upstreams come later)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..serving import run_worker
+from ..settings import Settings
+
+
+def run_dev(settings: Settings) -> int:
+    """Start the gateway in development mode and tell the newcomer where things are."""
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"luki-gateway dev: gateway on {base}  (Ctrl+C to stop)\n"
+          f"  liveness  {base}/healthz\n  metrics   {base}/metrics", file=sys.stderr)
+    run_worker(settings, reuse_port=False)
+    return 0

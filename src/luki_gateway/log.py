@@ -1,0 +1,109 @@
+"""structlog set-up: JSON lines in production, console in development, secrets redacted.
+
+The redaction processor runs last before rendering, on every line from every logger
+(structlog and stdlib alike): Authorization/Cookie values, API keys, JWTs, bearer tokens
+and ``token=`` / ``ticket=`` query values never reach a log sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from .settings import Settings
+
+REDACTED = "[REDACTED]"
+
+_SECRET_KEYS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "token", "ticket",
+    "api_key", "apikey", "x-api-key", "password", "secret", "jwt", "access_token",
+    "refresh_token", "sec-websocket-protocol", "pepper", "client_secret",
+})
+# (pattern, replacement): whole-match secrets, then ones that keep a visible prefix.
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # API keys of ours: sk_live_..., sk_test_..., sk_dev_...
+    (re.compile(r"\bsk_(?:live|test|dev)_[A-Za-z0-9_\-]{4,}"), REDACTED),
+    # JWTs (three base64url parts, header starts with eyJ)
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
+    # Authorization schemes followed by a credential
+    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=\-]{8,}"), rf"\1 {REDACTED}"),
+    # Query/form values that carry credentials
+    (re.compile(r"(?i)([?&;](?:token|ticket|access_token|api_key|apikey|key|jwt|auth)=)"
+                r"[^&\s\"']+"), rf"\1{REDACTED}"),
+)
+
+
+def redact_text(text: str) -> str:
+    """Mask every credential-looking substring of ``text``."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if key.lower() in _SECRET_KEYS and value:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(key, v) for v in value]
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secrets in every field of the event."""
+    for key, value in list(event_dict.items()):
+        if value is None or isinstance(value, (int, float, bool)):
+            continue
+        event_dict[key] = _redact_value(key, value)
+    return event_dict
+
+
+class _StderrSink:
+    """Writes to whatever ``sys.stderr`` is now (so test capture and reconfiguration work)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Configure structlog and stdlib logging once per process from settings."""
+    level = getattr(logging, settings.log_level)
+    fmt = settings.log_format
+    if fmt == "auto":
+        fmt = "console" if settings.is_development else "json"
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
+                     else structlog.processors.JSONRenderer())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    sink: Any = stream or _StderrSink()
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, redact, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=sink),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's own access log is replaced by ours (one line per request, with principal).
+    logging.getLogger("aiohttp.access").disabled = True

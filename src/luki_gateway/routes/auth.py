@@ -1,0 +1,9 @@
+"""POST /v1/auth/ticket (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    """Add the routes: POST /v1/auth/ticket."""

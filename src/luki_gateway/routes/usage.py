@@ -1,0 +1,9 @@
+"""GET /v1/usage and /v1/me (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    """Add the routes: GET /v1/usage and /v1/me."""

@@ -1,0 +1,107 @@
+"""Shared fixtures: settings, the real app, real upstream servers and a private Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from luki_gateway.app import create_app
+from luki_gateway.settings import Settings, load_settings
+
+from .redis_server import RedisServer
+
+# Environment variables that must not leak from the developer's shell into tests.
+_ISOLATED_ENV = ("LUKI_CONFIG", "REDIS_URL", "ENVIRONMENT", "AGENT_URL", "MEMORY_URL",
+                 "COG_URL", "ENG_URL", "REP_URL", "JWT_PUBLIC_KEY_PATH", "JWT_JWKS_URL",
+                 "JWT_SECRET", "API_KEY_PEPPER", "API_KEYS_FILE", "CORS_ORIGINS",
+                 "RATE_LIMIT_PER_MIN", "RATE_LIMIT_PER_HOUR", "LOG_LEVEL", "MAX_BODY_BYTES",
+                 "UPSTREAM_TIMEOUT_S", "JWT_ISSUER", "JWT_AUDIENCE")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the environment it sets itself."""
+    for name in _ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the whole session (fails, never skips, if not installed)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """URL of the private Redis, emptied and running for this test."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    if redis_server.paused:
+        redis_server.resume()
+    redis_server.flushall()
+    yield redis_server.url
+    if redis_server.paused:
+        redis_server.resume()
+    if redis_server.proc is None:
+        redis_server.start()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run a test once with the in-memory twins and once with real Redis."""
+    param: str = request.param
+    return param
+
+
+@pytest.fixture
+def make_settings(backend_redis_url: str) -> Callable[..., Settings]:
+    """Build settings in the TOML shape on top of test defaults (auth and limits as given)."""
+
+    def build(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {"log_level": "WARNING", "access_log": False}
+        if backend_redis_url:
+            base["redis_url"] = backend_redis_url
+        merged = {**base, **overrides}
+        return load_settings(environ={}, overrides=merged)
+
+    return build
+
+
+@pytest.fixture
+def backend_redis_url(request: pytest.FixtureRequest) -> str:
+    """The Redis URL for this test's backend ('' = in-memory); only starts Redis if asked."""
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return ""
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings]
+                  ) -> Callable[..., Any]:
+    """Start the real app from create_app on a real socket; returns a TestClient factory."""
+
+    async def start(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        app: web.Application = create_app(settings or make_settings(**overrides))
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return start
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Any]) -> Callable[..., Any]:
+    """Start a real upstream aiohttp server from an Application; returns its base URL."""
+
+    async def start(app: web.Application) -> str:
+        server = await aiohttp_server(app)
+        return str(server.make_url("")).rstrip("/")
+
+    return start
