@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from luki_gateway.app import create_app
-from luki_gateway.settings import Settings, load_settings
+from luki_gateway.settings import AuthSettings, Settings, load_settings
 
 from .redis_server import RedisServer
 
@@ -65,7 +65,12 @@ def make_settings(backend_redis_url: str) -> Callable[..., Settings]:
     """Build settings in the TOML shape on top of test defaults (auth and limits as given)."""
 
     def build(**overrides: Any) -> Settings:
-        base: dict[str, Any] = {"log_level": "WARNING", "access_log": False}
+        # Rate limits and stream caps off unless a test turns them on (ratelimit tests do).
+        base: dict[str, Any] = {
+            "log_level": "WARNING",
+            "access_log": False,
+            "ratelimit": {"enabled": False, "max_streams": 0, "max_ws_per_user": 0},
+        }
         if backend_redis_url:
             base["redis_url"] = backend_redis_url
         merged = {**base, **overrides}
@@ -105,3 +110,24 @@ async def upstream(aiohttp_server: Callable[..., Any]) -> Callable[..., Any]:
         return str(server.make_url("")).rstrip("/")
 
     return start
+
+
+DEV_JWT_SECRET = AuthSettings().jwt_secret
+
+
+def make_token(sub: str = "alice", scopes: tuple[str, ...] = ("chat:write",),
+               ttl_s: int = 3600, secret: str = DEV_JWT_SECRET, **claims: Any) -> str:
+    """A dev HS256 JWT as the gateway's default (non-production) settings accept it."""
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    payload = {"sub": sub, "scope": " ".join(scopes), "iat": now, "exp": now + ttl_s, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def bearer(sub: str = "alice", scopes: tuple[str, ...] = ("chat:write",), **kw: Any
+           ) -> dict[str, str]:
+    """Authorization header with a dev JWT for ``sub`` holding ``scopes``."""
+    return {"Authorization": f"Bearer {make_token(sub, scopes, **kw)}"}

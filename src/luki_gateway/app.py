@@ -23,6 +23,7 @@ from .ratelimit.limiter import limiter_ctx
 from .redis_client import redis_ctx
 from .routes import auth, chat, docs, events, health, metrics, proxy, stats, usage, ws
 from .routes.access import ROUTE_ACCESS
+from .routes.ws_protocol import WS_MESSAGE_HANDLERS
 from .settings import SETTINGS, Settings
 from .upstream.sessions import upstream_sessions_ctx
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[REGISTRY] = registry if registry is not None else CollectorRegistry(auto_describe=True)
     app[HTTP_METRICS] = HttpMetrics.create(app[REGISTRY])
     app[ROUTE_ACCESS] = {}
+    app[WS_MESSAGE_HANDLERS] = {}
 
     # Resources: one cleanup context each, opened top to bottom, closed bottom to top.
     app.cleanup_ctx.extend([

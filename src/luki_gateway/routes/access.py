@@ -24,6 +24,9 @@ class RouteAccess:
     rate_limited: bool = True
     # Accepts a ?ticket= (GET stream endpoints only: EventSource cannot send headers).
     ticket: bool = False
+    # The handler finishes authentication itself (WebSocket: token in the first message);
+    # the middleware still resolves credentials that are present, but lets none through.
+    deferred_auth: bool = False
 
     def scopes_for(self, method: str) -> tuple[str, ...]:
         """The scopes a request with ``method`` must hold."""
