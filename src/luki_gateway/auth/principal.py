@@ -51,7 +51,6 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 
 def principal_of(request: web.Request) -> Principal:
     """The request's principal; 401 if authentication did not run or found none."""
-    principal = request.get(PRINCIPAL)
-    if principal is None:
+    if PRINCIPAL not in request:
         raise Unauthenticated()
-    return principal
+    return request[PRINCIPAL]
