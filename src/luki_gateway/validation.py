@@ -1,0 +1,88 @@
+"""Reading and validating JSON request bodies (and WS messages) with marshmallow.
+
+Handlers call ``await read_json(request, MySchema)``; every failure is a ``ValidationFailed``
+the error middleware renders in the one error shape:
+
+- body not JSON / not UTF-8 / empty / not an object -> 400 ``VALIDATION_ERROR``
+- JSON that the schema refuses (missing/unknown fields, wrong types) -> 422 ``VALIDATION_ERROR``
+  with ``details.fields`` = marshmallow's messages (at most ``MAX_FIELD_ERRORS`` entries)
+- body over ``client_max_size`` / ``max_bytes`` -> 413 ``PAYLOAD_TOO_LARGE``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, ValidationError
+
+from .errors import PayloadTooLarge, ValidationFailed
+
+# A body with thousands of bad keys must not produce a thousand-line error answer.
+MAX_FIELD_ERRORS = 20
+
+SchemaLike = Schema | type[Schema]
+
+
+def _schema(schema: SchemaLike) -> Schema:
+    return schema() if isinstance(schema, type) else schema
+
+
+def _bounded(messages: Any) -> Any:
+    if isinstance(messages, Mapping) and len(messages) > MAX_FIELD_ERRORS:
+        kept = dict(list(messages.items())[:MAX_FIELD_ERRORS])
+        kept["_truncated"] = [f"{len(messages) - MAX_FIELD_ERRORS} more errors not shown"]
+        return kept
+    return messages
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Decode a JSON document; 400 VALIDATION_ERROR (with line/column) when it is not one."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationFailed("request body is not valid UTF-8") from None
+    if not raw.strip():
+        raise ValidationFailed("request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed("request body is not valid JSON",
+                               details={"line": exc.lineno, "column": exc.colno}) from None
+    except RecursionError:
+        raise ValidationFailed("request body nests too deeply") from None
+
+
+def load(schema: SchemaLike, data: Any) -> dict[str, Any]:
+    """Validate already-decoded data (e.g. a WebSocket message) against ``schema``.
+
+    Not an object -> 400; refused by the schema -> 422 with ``details.fields``.
+    """
+    if not isinstance(data, dict):
+        raise ValidationFailed("expected a JSON object",
+                               details={"got": type(data).__name__})
+    try:
+        result: dict[str, Any] = _schema(schema).load(data)
+    except ValidationError as exc:
+        raise ValidationFailed("request failed validation", status=422,
+                               details={"fields": _bounded(exc.messages)}) from None
+    return result
+
+
+async def read_body(request: web.Request, *, max_bytes: int | None = None) -> bytes:
+    """The whole request body, bounded by ``client_max_size`` and ``max_bytes`` (413)."""
+    if max_bytes is not None and (request.content_length or 0) > max_bytes:
+        raise PayloadTooLarge(details={"max_bytes": max_bytes})
+    raw = await request.read()  # raises 413 past client_max_size, chunked bodies included
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise PayloadTooLarge(details={"max_bytes": max_bytes})
+    return raw
+
+
+async def read_json(request: web.Request, schema: SchemaLike, *,
+                    max_bytes: int | None = None) -> dict[str, Any]:
+    """Read the body as a JSON object and ``schema.load`` it; see the module doc for errors."""
+    return load(schema, parse_json(await read_body(request, max_bytes=max_bytes)))
