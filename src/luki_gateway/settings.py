@@ -137,8 +137,9 @@ class AuthSettings:
     api_key_pepper: str = _field(f"dev-pepper-{DEFAULT_SECRET_MARK}", env="API_KEY_PEPPER",
                                  secret=True)
     allow_test_keys_in_production: bool = _field(False)
-    jwt_secret: str = _field(f"dev-jwt-secret-{DEFAULT_SECRET_MARK}", env="JWT_SECRET",
-                             secret=True)
+    # >= 32 bytes: PyJWT warns about shorter HS256 secrets (RFC 7518 3.2).
+    jwt_secret: str = _field(f"dev-jwt-secret-{DEFAULT_SECRET_MARK}-for-local-use-only",
+                             env="JWT_SECRET", secret=True)
     jwt_public_key_path: str = _field("", env="JWT_PUBLIC_KEY_PATH")
     jwt_jwks_url: str = _field("", env="JWT_JWKS_URL")
     jwt_issuer: str = _field("", env="JWT_ISSUER")
@@ -150,6 +151,12 @@ class AuthSettings:
     service_tokens: tuple[ServiceTokenConfig, ...] = _field(())
     ticket_ttl_s: int = _field(600, validators=_positive())
     ws_auth_timeout_s: float = _field(5.0, validators=_positive())
+    jwks_timeout_s: float = _field(3.0, validators=_positive())
+    # Positive API-key lookups are reused this long (revocation must land within 1 s).
+    key_cache_s: float = _field(0.5, validators=validate.Range(min=0, max=1))
+    # last_used is written at most this often per key (no store write per request).
+    last_used_interval_s: float = _field(60.0, validators=_positive())
+    max_token_bytes: int = _field(8192, validators=_positive())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
