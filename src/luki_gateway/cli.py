@@ -79,7 +79,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway (production entry point)."""
     from .serving import serve
 
-    return serve(settings_from_args(args))
+    settings = settings_from_args(args)
+    problems = production_problems(settings)
+    if problems:
+        # Production never starts with a default secret, open CORS or auth off.
+        raise SettingsError(f"unsafe for production: {problems[0]} "
+                            "(see `luki-gateway config check`)")
+    return serve(settings)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -148,4 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # e.g. the port is taken: one line, not a traceback
+        _err(f"cannot start: {exc}")
+        return 1
     return result

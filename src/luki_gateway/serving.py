@@ -1,25 +1,37 @@
-"""Running the app: one worker, or N workers sharing the port with SO_REUSEPORT."""
+"""Running the app: one worker, or N workers sharing the port with SO_REUSEPORT.
+
+With ``workers > 1`` a supervisor process starts N worker processes (``spawn``), each
+binding the port itself with SO_REUSEPORT and running its own app. Workers live in their
+own process group, so a terminal's Ctrl+C reaches only the supervisor, which turns SIGINT
+and SIGTERM into one SIGTERM per worker (a second signal would cut aiohttp's graceful
+shutdown short). A worker whose supervisor disappears shuts itself down.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import resource
 import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from .app import create_app
 from .log import configure_logging
-from .settings import Settings
+from .settings import Settings, SettingsError, load_settings, settings_data
 
 log = structlog.get_logger("luki.serve")
+
+# A worker that dies this soon after its start failed to start (port taken, bad config):
+# restarting it would only loop, so the supervisor stops instead.
+STARTUP_FAILURE_WINDOW_S = 5.0
 
 
 def raise_fd_limit() -> None:
@@ -39,13 +51,35 @@ def install_uvloop() -> bool:
     return True
 
 
+async def _orphan_watch(_: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: SIGTERM ourselves when the supervisor is gone (no stray workers)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def parent_gone() -> None:
+        loop.remove_reader(parent.sentinel)
+        log.warning("supervisor gone; shutting down", parent_pid=parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # The sentinel becomes readable when the parent process exits.
+    loop.add_reader(parent.sentinel, parent_gone)
+    yield
+    loop.remove_reader(parent.sentinel)
+
+
 def run_worker(settings: Settings, *, reuse_port: bool,
-               before_start: Callable[[web.Application], Awaitable[None]] | None = None) -> None:
+               before_start: Callable[[web.Application], Awaitable[None]] | None = None,
+               supervised: bool = False) -> None:
     """Serve one app on this process's own event loop until SIGTERM/SIGINT."""
     configure_logging(settings)
     raise_fd_limit()
     fast_loop = install_uvloop()
     app = create_app(settings)
+    if supervised:
+        app.cleanup_ctx.append(_orphan_watch)
     if before_start is not None:
         app.on_startup.insert(0, before_start)
 
@@ -57,57 +91,94 @@ def run_worker(settings: Settings, *, reuse_port: bool,
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
                 shutdown_timeout=settings.shutdown_grace_s, access_log=None, print=None,
                 handle_signals=True)
+    log.info("worker stopped", pid=os.getpid())
 
 
-def _worker_main(settings: Settings) -> None:
-    run_worker(settings, reuse_port=True)
+def _worker_main(data: dict[str, Any]) -> None:
+    """Entry point of a spawned worker: settings arrive as plain data (they are not picklable)."""
+    os.setpgrp()  # Ctrl+C on the terminal goes to the supervisor only; it forwards SIGTERM
+    settings = load_settings(environ={}, overrides=data)
+    run_worker(settings, reuse_port=True, supervised=True)
+
+
+class Supervisor:
+    """Starts N workers, forwards shutdown signals, restarts a worker that crashes later on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = multiprocessing.get_context("spawn")
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.started_at: dict[int, float] = {}
+        self.stopping = False
+        self.data = settings_data(settings)
+
+    def start_one(self) -> multiprocessing.process.BaseProcess:
+        """Spawn one worker process."""
+        proc = self.ctx.Process(target=_worker_main, args=(self.data,),
+                                name="luki-gateway-worker")
+        proc.start()
+        self.started_at[id(proc)] = time.monotonic()
+        return proc
+
+    def on_signal(self, signum: int, _: FrameType | None) -> None:
+        """SIGTERM/SIGINT: ask every worker to drain (once)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("supervisor stopping", signal=signal.Signals(signum).name)
+        self.signal_all(signal.SIGTERM)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to every live worker."""
+        for proc in self.procs:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    def wait_all(self) -> None:
+        """Wait for the workers' graceful exit; kill what outlives the grace."""
+        # aiohttp waits up to the grace for handlers, then again for cancelled ones.
+        deadline = time.monotonic() + 2 * self.settings.shutdown_grace_s + 5
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("worker outlived the grace; killing", pid=proc.pid)
+                proc.kill()
+                proc.join()
+
+    def run(self) -> int:
+        """Supervise until a signal (exit 0) or a worker failing at start-up (exit 1)."""
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        self.procs.extend(self.start_one() for _ in range(self.settings.workers))
+        log.info("supervisor started", workers=self.settings.workers, pid=os.getpid(),
+                 host=self.settings.host, port=self.settings.port)
+        while not self.stopping:
+            for i, proc in enumerate(self.procs):
+                if proc.is_alive() or self.stopping:
+                    continue
+                lived = time.monotonic() - self.started_at.pop(id(proc), 0.0)
+                if lived < STARTUP_FAILURE_WINDOW_S:
+                    log.error("worker failed at start-up; stopping", pid=proc.pid,
+                              exitcode=proc.exitcode)
+                    self.stopping = True
+                    self.signal_all(signal.SIGTERM)
+                    self.wait_all()
+                    return 1
+                log.warning("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode)
+                self.procs[i] = self.start_one()
+            time.sleep(0.2)  # the supervisor has no event loop; signals interrupt the sleep
+        self.wait_all()
+        log.info("supervisor stopped")
+        return 0
 
 
 def serve(settings: Settings) -> int:
-    """Run ``settings.workers`` processes; forward SIGTERM/SIGINT; restart a crashed worker."""
+    """Run ``settings.workers`` processes (one: in this process); the exit status."""
     if settings.workers == 1:
         run_worker(settings, reuse_port=False)
         return 0
+    if settings.port == 0:
+        raise SettingsError("workers: more than one worker needs a fixed port (got port 0)")
     configure_logging(settings)
-    ctx = multiprocessing.get_context("spawn")
-    procs: list[multiprocessing.process.BaseProcess] = []
-    stopping = False
-
-    def start_one() -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_worker_main, args=(settings,), name="luki-gateway-worker")
-        proc.start()
-        return proc
-
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    procs.extend(start_one() for _ in range(settings.workers))
-    log.info("supervisor started", workers=settings.workers, pid=os.getpid(),
-             host=settings.host, port=settings.port)
-    last_restart = 0.0
-    while True:
-        alive = [p for p in procs if p.is_alive()]
-        if stopping:
-            deadline = time.monotonic() + settings.shutdown_grace_s + 5
-            for proc in procs:
-                proc.join(max(0.0, deadline - time.monotonic()))
-                if proc.is_alive():
-                    proc.kill()
-            break
-        for i, proc in enumerate(procs):
-            if not proc.is_alive() and time.monotonic() - last_restart > 1.0:
-                log.warning("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode)
-                procs[i] = start_one()
-                last_restart = time.monotonic()
-        if not alive and not procs:
-            break
-        time.sleep(0.2)
-    log.info("supervisor stopped")
-    sys.stdout.flush()
-    return 0
+    return Supervisor(settings).run()

@@ -16,6 +16,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate
@@ -414,8 +415,12 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise SettingsError(f"config file {path}: not readable (permission denied)") from None
     except IsADirectoryError:
         raise SettingsError(f"config file {path}: is a directory") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read ({exc.strerror})") from None
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -538,6 +543,15 @@ def _check_routes(settings: Settings) -> None:
 def _mask(value: Any) -> Any:
     if not value:
         return value
+    if isinstance(value, str) and "://" in value:
+        # A URL stays useful masked: only its password is the secret.
+        parts = urlsplit(value)
+        if parts.password is None:
+            return value
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
     return "***"
 
 
@@ -562,6 +576,12 @@ def _plain(value: Any, masked: bool) -> Any:
     return value
 
 
+def settings_data(settings: Settings) -> dict[str, Any]:
+    """Unmasked plain data that ``load_settings(environ={}, overrides=...)`` turns back into
+    equal settings (how ``serve --workers N`` hands them to worker processes)."""
+    return as_dict(settings, masked=False)
+
+
 def production_problems(settings: Settings) -> list[str]:
     """What makes this config unsafe for production (empty when fine or not production)."""
     if not settings.is_production:
@@ -570,8 +590,8 @@ def production_problems(settings: Settings) -> list[str]:
     if DEFAULT_SECRET_MARK in settings.auth.api_key_pepper:
         problems.append("API_KEY_PEPPER (auth.api_key_pepper) keeps the default secret")
     if settings.auth.jwt_secret and DEFAULT_SECRET_MARK in settings.auth.jwt_secret:
-        problems.append("JWT_SECRET (auth.jwt_secret) keeps the default secret; set your own "
-                        "or use JWT_PUBLIC_KEY_PATH / JWT_JWKS_URL")
+        problems.append("JWT_SECRET (auth.jwt_secret) keeps the default secret; set your own, "
+                        "or set it empty when JWT_PUBLIC_KEY_PATH / JWT_JWKS_URL verify tokens")
     if "*" in settings.cors_origins:
         problems.append("CORS_ORIGINS allows every origin ('*')")
     if not settings.auth.enabled:

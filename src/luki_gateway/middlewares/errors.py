@@ -9,11 +9,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import (
+    DownstreamError,
+    DownstreamTimeout,
+    DownstreamUnavailable,
+    Forbidden,
     GatewayError,
     InternalError,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimitExceeded,
     Unauthenticated,
     ValidationFailed,
     error_response,
@@ -25,21 +30,39 @@ log = structlog.get_logger("luki.errors")
 _BY_STATUS: dict[int, type[GatewayError]] = {
     400: ValidationFailed,
     401: Unauthenticated,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,
+    422: ValidationFailed,
+    429: RateLimitExceeded,
+    502: DownstreamError,
+    503: DownstreamUnavailable,
+    504: DownstreamTimeout,
 }
+# Headers of aiohttp's own HTTP errors worth keeping on the translated answer.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 def from_http_exception(exc: web.HTTPException) -> GatewayError:
-    """Translate aiohttp's own HTTP errors (router 404/405, body too large) to ours."""
+    """Translate aiohttp's own HTTP errors (router 404/405, body too large, CORS 403) to ours."""
     cls = _BY_STATUS.get(exc.status)
+    err: GatewayError
     if cls is None:
-        return GatewayError(exc.reason, status=exc.status)
-    err = cls()
-    if exc.status == 405 and "Allow" in exc.headers:
-        err.headers["Allow"] = exc.headers["Allow"]
+        # Other 4xx are the client's request being unacceptable; other 5xx are ours.
+        fallback = ValidationFailed if exc.status < 500 else InternalError
+        err = fallback(exc.reason, status=exc.status)
+    else:
+        err = cls()
+    for name in _KEPT_HEADERS:
+        if name in exc.headers:
+            err.headers[name] = exc.headers[name]
     return err
+
+
+def _headers_sent(request: web.Request) -> bool:
+    """True once a streaming handler has prepared its response: no second answer is possible."""
+    return request.writer.output_size > 0
 
 
 @web.middleware
@@ -48,10 +71,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as err:
+        if _headers_sent(request):
+            log.warning("error after the response started; closing", code=err.code)
+            raise
         return error_response(err, trace_of(request).trace_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
+        if _headers_sent(request):
+            raise
         translated = from_http_exception(exc)
         if exc.status == 413:
             translated.details = {"max_bytes": request.client_max_size}
@@ -60,4 +88,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise  # the client left; there is no one to answer
     except Exception:
         log.exception("unhandled error", path=request.path, method=request.method)
+        if _headers_sent(request):
+            raise  # aiohttp closes the connection: a half-sent stream cannot carry an error
         return error_response(InternalError(), trace_of(request).trace_id)
