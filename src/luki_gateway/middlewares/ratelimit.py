@@ -1,12 +1,82 @@
-"""Rate limiting (filled in by the rate-limit work; passes through for now)."""
+"""Rate limiting: charge each authenticated request to every applicable window, or 429.
+
+Runs after auth: requests without a principal (public routes, deferred-auth handshakes) and
+routes declared ``rate_limited=False`` pass untouched. When the backend fails the route's
+failure mode decides: open (serve unlimited) for REST, closed (503) for publishing events.
+"""
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from ..auth.principal import PRINCIPAL
+from ..errors import DownstreamUnavailable, RateLimitExceeded
+from ..ratelimit.batch import BackendUnavailable
+from ..ratelimit.decision import Decision
+from ..ratelimit.headers import RATE_DECISION
+from ..ratelimit.limiter import LIMITER, RATE_POLICIES
+from ..ratelimit.metrics import RATELIMIT_METRICS
+from ..ratelimit.policies import client_ip
+from ..routes.access import RouteAccess, access_of
+from ..settings import SETTINGS, RateLimitSettings
+
+PUBLISH_SCOPE = "events:publish"
+
+
+def failure_mode(access: RouteAccess, method: str, settings: RateLimitSettings) -> str:
+    """'open' or 'closed' for this route when the limiter backend is down."""
+    if PUBLISH_SCOPE in access.scopes_for(method):
+        return settings.publish_failure_mode
+    return settings.failure_mode
+
+
+def rejection(decision: Decision) -> RateLimitExceeded:
+    """The 429 for a refused decision, naming the window that refused it."""
+    window = decision.rejected_by
+    assert window is not None
+    retry_after = max(1, math.ceil(decision.retry_after_s))
+    return RateLimitExceeded(
+        f"rate limit exceeded: {window.policy} ({window.limit} per {int(window.window_s)} s)",
+        retry_after=retry_after,
+        details={"policy": window.policy, "scope": window.scope, "limit": window.limit,
+                 "window_s": int(window.window_s), "retry_after_s": retry_after})
 
 
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Charge the request against every applicable policy; 429 when one is exhausted."""
+    app = request.app
+    settings = app[SETTINGS].ratelimit
+    principal = request.get(PRINCIPAL)
+    if not settings.enabled or principal is None:
+        return await handler(request)
+    access = access_of(request)
+    if access.public or not access.rate_limited:
+        return await handler(request)
+    policies = app[RATE_POLICIES]
+    windows = policies.windows_for(principal, client_ip(request, policies.trusted))
+    if not windows:
+        return await handler(request)
+    metrics = app[RATELIMIT_METRICS]
+    try:
+        decision = await app[LIMITER].decide(windows, access.cost)
+    except BackendUnavailable:
+        mode = failure_mode(access, request.method, settings)
+        for window in windows:
+            metrics.decisions.labels(window.policy, f"failed_{mode}").inc()
+        if mode == "closed":
+            raise DownstreamUnavailable(
+                "rate limiter unavailable", details={"reason": "rate_limiter_unavailable"},
+                headers={"Retry-After": "1"}) from None
+        return await handler(request)
+    request[RATE_DECISION] = decision
+    if not decision.allowed:
+        assert decision.rejected_by is not None
+        metrics.decisions.labels(decision.rejected_by.policy, "rejected").inc()
+        raise rejection(decision)
+    for window in windows:
+        metrics.decisions.labels(window.policy, "allowed").inc()
     return await handler(request)

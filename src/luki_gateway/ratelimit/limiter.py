@@ -1,4 +1,4 @@
-"""the rate limiter (memory or Redis backend) (placeholder until its issue lands)."""
+"""The rate limiter of one app: memory backend (embedded default) or Redis (Lua) backend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,34 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..metrics import REGISTRY
+from ..redis_client import redis_of
+from ..settings import SETTINGS
+from .batch import ScriptBatch
+from .decision import Limiter
+from .memory import MemoryLimiter
+from .metrics import RATELIMIT_METRICS, RateLimitMetrics
+from .policies import RatePolicies
+from .redis_backend import RedisLimiter
+
+LIMITER = web.AppKey("limiter", Limiter)
+RATE_POLICIES = web.AppKey("rate_policies", RatePolicies)
+
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the rate limiter (memory or Redis backend)."""
+    """cleanup_ctx: the rate limiter (memory or Redis backend), its policies and metrics."""
+    settings = app[SETTINGS]
+    metrics = RateLimitMetrics.create(app[REGISTRY])
+    app[RATELIMIT_METRICS] = metrics
+    app[RATE_POLICIES] = RatePolicies(settings.ratelimit, settings.trusted_proxies)
+    redis = redis_of(app)
+    limiter: Limiter
+    if redis is None:
+        limiter = MemoryLimiter()
+    else:
+        batch = ScriptBatch(redis, timeout_s=settings.redis_timeout_s, what="limiter",
+                            on_error=metrics.count_backend_errors)
+        limiter = RedisLimiter(redis, batch, settings.redis_prefix)
+    app[LIMITER] = limiter
     yield
+    await limiter.close()

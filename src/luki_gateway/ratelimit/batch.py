@@ -1,0 +1,164 @@
+"""Lua scripts on Redis, coalesced: calls made in the same loop tick share one round trip.
+
+One ``EVALSHA`` costs the gateway ~110 µs of CPU alone but ~30 µs when 64 share a pipeline,
+so every call is queued and the queue is flushed by a callback scheduled for the next loop
+iteration. ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``) reloads the script and reruns
+only the affected calls. Each flush is bounded by the Redis timeout; after a failure the
+backend is considered down for a short back-off, during which calls fail at once instead of
+each waiting for a timeout, then the next call probes it again (self-recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+log = structlog.get_logger("luki.ratelimit")
+
+
+class BackendUnavailable(Exception):
+    """Redis did not answer in time or refused the connection; the caller picks open/closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A Lua source and its SHA1, the name ``EVALSHA`` knows it by."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+@dataclass(slots=True)
+class _Call:
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[str | int | float]
+    future: asyncio.Future[Any]
+
+
+class ErrorLog:
+    """Logs a backend failure at most once per interval, with the count it swallowed."""
+
+    def __init__(self, what: str, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def failure(self, exc: BaseException) -> None:
+        """Note one failure; log it if the interval has passed since the last line."""
+        now = self.clock()
+        if now - self._last >= self.interval_s:
+            log.warning("redis backend unavailable", backend=self.what,
+                        error=type(exc).__name__, suppressed=self._suppressed)
+            self._last = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+
+
+class ScriptBatch:
+    """Runs Lua scripts on Redis, one pipelined round trip per loop tick."""
+
+    def __init__(self, redis: aioredis.Redis, *, timeout_s: float, what: str,
+                 on_error: Callable[[int], None] | None = None,
+                 down_backoff_s: float | None = None) -> None:
+        self.redis = redis
+        self.timeout_s = timeout_s
+        # While down, fail fast: one probe per back-off instead of a timeout per request.
+        self.down_backoff_s = timeout_s if down_backoff_s is None else down_backoff_s
+        self.on_error = on_error
+        self.errors = ErrorLog(what)
+        self._queue: list[_Call] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._down_until = 0.0
+        # Pipelined round trips made so far (tests check the coalescing with it).
+        self.round_trips = 0
+
+    async def run(self, script: LuaScript, keys: Sequence[str],
+                  args: Sequence[str | int | float]) -> Any:
+        """Evaluate ``script``; raises BackendUnavailable or the script's ResponseError."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until:
+            exc = BackendUnavailable("redis backend marked down")
+            self._count_error(1)
+            raise exc
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append(_Call(script, keys, args, future))
+        return await future
+
+    def _flush(self) -> None:
+        calls, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._execute(calls))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, calls: list[_Call]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                results = await self._pipeline(calls)
+                retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if retry:
+                    # Redis restarted or SCRIPT FLUSH: load what is missing, rerun those only.
+                    for script in {calls[i].script.sha: calls[i].script for i in retry}.values():
+                        await self.redis.script_load(script.source)
+                    again = await self._pipeline([calls[i] for i in retry])
+                    for i, result in zip(retry, again, strict=True):
+                        results[i] = result
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc, len(calls))
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(BackendUnavailable(type(exc).__name__))
+            return
+        except asyncio.CancelledError:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(BackendUnavailable("cancelled"))
+            raise
+        for call, result in zip(calls, results, strict=True):
+            if call.future.done():
+                continue  # the waiter was cancelled (client left)
+            if isinstance(result, ResponseError):
+                call.future.set_exception(result)
+            else:
+                call.future.set_result(result)
+
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        self.round_trips += 1
+        pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    def _mark_down(self, exc: BaseException, count: int) -> None:
+        self._down_until = asyncio.get_running_loop().time() + self.down_backoff_s
+        self.errors.failure(exc)
+        self._count_error(count)
+
+    def _count_error(self, count: int) -> None:
+        if self.on_error is not None:
+            self.on_error(count)
+
+    async def close(self) -> None:
+        """Wait briefly for round trips in flight (shutdown)."""
+        if self._queue:
+            self._flush()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.timeout_s * 2)

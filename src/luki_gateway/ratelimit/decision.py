@@ -1,0 +1,62 @@
+"""What the limiter is asked (windows) and what it answers (a decision)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One limit a request counts against: ``limit`` units per ``window_s`` under ``key``."""
+
+    policy: str      # name in headers and metrics: "minute", "hour", "global", "ip"
+    scope: str       # whose budget: "user", "key", "service", "ip", "global"
+    key: str         # storage key without the Redis prefix, e.g. "rl:user:alice:60"
+    limit: int
+    window_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """A window after the decision: units left and seconds until the next unit frees."""
+
+    window: Window
+    remaining: int
+    reset_s: float
+
+    @property
+    def reset_header(self) -> int:
+        """``reset_s`` as whole seconds for headers (rounded up)."""
+        return max(0, math.ceil(self.reset_s))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one request: allowed (and charged to every window) or not (to none)."""
+
+    allowed: bool
+    states: tuple[WindowState, ...]
+    rejected_by: Window | None = None
+    retry_after_s: float = 0.0
+
+    @property
+    def tightest(self) -> WindowState | None:
+        """The most restrictive window: fewest units left, then the longest wait."""
+        if not self.states:
+            return None
+        return min(self.states, key=lambda s: (s.remaining, -s.reset_s))
+
+
+class Limiter(Protocol):
+    """A rate-limit backend (memory or Redis); both pass the same test suite."""
+
+    async def decide(self, windows: tuple[Window, ...], cost: int) -> Decision:
+        """Charge ``cost`` to every window if all have room, atomically; else charge none."""
+
+    async def peek(self, windows: tuple[Window, ...]) -> Decision:
+        """The windows' current state without charging anything."""
+
+    async def close(self) -> None:
+        """Release resources (round trips in flight)."""
