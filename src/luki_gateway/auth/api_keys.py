@@ -1,12 +1,53 @@
-"""API key store (file or Redis) (placeholder until its issue lands)."""
+"""The API key store in use: Redis when configured, else the file (or in-memory) store."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 from aiohttp import web
+
+from ..redis_client import make_redis, redis_of
+from ..settings import SETTINGS, Settings
+from .key_file_store import FileKeyStore
+from .key_record import KeyStore
+from .key_redis_store import RedisKeyStore
+
+KEY_STORE = web.AppKey("key_store", KeyStore)
+
+
+def open_store(settings: Settings, redis: aioredis.Redis | None = None) -> KeyStore:
+    """The Redis store when Redis is configured, else the file (or in-memory) store.
+
+    ``redis`` is the app's shared client; without one, a configured REDIS_URL gets a
+    client of its own (the CLI), closed with the store.
+    """
+    cache_s = settings.auth.key_cache_s
+    if redis is not None:
+        return RedisKeyStore(redis, prefix=settings.redis_prefix, cache_s=cache_s)
+    if settings.redis_url:
+        return RedisKeyStore(make_redis(settings), prefix=settings.redis_prefix,
+                             cache_s=cache_s, owns_client=True)
+    return FileKeyStore(settings.auth.api_keys_file or None)
 
 
 async def key_store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: API key store (file or Redis)."""
+    """cleanup_ctx: API key store (file or Redis) and its periodic last-used flush."""
+    settings = app[SETTINGS]
+    store = open_store(settings, redis_of(app))
+    app[KEY_STORE] = store
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(settings.auth.last_used_interval_s)
+            with contextlib.suppress(Exception):  # a Redis blip only delays last-used
+                await store.flush_last_used()
+
+    task = asyncio.create_task(flush_periodically(), name="luki-key-last-used")
     yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await store.close()

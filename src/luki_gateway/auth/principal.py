@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
@@ -29,6 +29,8 @@ class Principal:
     expires_at: float | None = None
     # Shown in logs instead of the secret: key prefix + last 4, or the JWT sub.
     display: str = ""
+    # API keys: the stored (peppered) hash, so tickets can re-check revocation. Not a secret.
+    key_hash: str | None = field(default=None, repr=False)
 
     def has_scope(self, scope: str) -> bool:
         """Exact match, or a wildcard (``elr:*`` / ``*``) that was explicitly granted."""

@@ -1,12 +1,109 @@
-"""Authentication and scope checks (filled in by the auth work; passes through for now)."""
+"""Authentication and scope checks for every non-public route.
+
+Credentials come from ``Authorization: Bearer``; on ticket routes (GET only) from
+``?ticket=``; on deferred-auth routes (the WebSocket) also from
+``Sec-WebSocket-Protocol: bearer, <token>``, and with none at all the request goes on
+without a principal so the handler can authenticate from the first message.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from structlog.contextvars import bind_contextvars
+
+from ..auth.authenticator import AUTHENTICATOR, Authenticator
+from ..auth.failure import AuthFailure
+from ..auth.metrics import FailureReason
+from ..auth.origin import check_ws_origin, is_websocket_upgrade
+from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
+from ..errors import Forbidden, InsufficientScope
+from ..routes.access import RouteAccess, access_of
+from ..settings import SETTINGS
+
+# Query parameters that carry credentials: refused on every route (URLs end up in logs,
+# browser history and Referer headers); only a short-lived ?ticket= is ever accepted.
+_QUERY_CREDENTIALS = frozenset({"access_token", "token", "api_key", "apikey", "jwt",
+                                "id_token", "auth", "bearer", "key"})
+WS_BEARER_PROTOCOL = "bearer"
+
+
+def bearer_subprotocol(request: web.Request) -> str | None:
+    """The token of ``Sec-WebSocket-Protocol: bearer, <token>``, if offered."""
+    values = request.headers.getall("Sec-WebSocket-Protocol", [])
+    offered = [p.strip() for v in values for p in v.split(",") if p.strip()]
+    for i, name in enumerate(offered[:-1]):
+        if name.lower() == WS_BEARER_PROTOCOL:
+            return offered[i + 1]
+    return None
+
+
+def _refuse(authenticator: Authenticator, reason: FailureReason, message: str) -> AuthFailure:
+    authenticator.fail(reason)
+    return AuthFailure(reason, message)
+
+
+async def _resolve(request: web.Request, access: RouteAccess,
+                   authenticator: Authenticator) -> Principal | None:
+    query = request.query
+    ticket_route = access.ticket and request.method in ("GET", "HEAD")
+    if any(name.lower() in _QUERY_CREDENTIALS for name in query) or (
+            "ticket" in query and not ticket_route):
+        raise _refuse(authenticator, "token_in_query",
+                      "credentials are not accepted in the URL of this route")
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _refuse(authenticator, "malformed", "expected 'Authorization: Bearer <token>'")
+        return await authenticator.authenticate_token(token)
+    if ticket_route and "ticket" in query:
+        tickets = query.getall("ticket")
+        if len(tickets) != 1:
+            raise _refuse(authenticator, "invalid_ticket", "one ticket expected")
+        return await authenticator.authenticate_ticket(tickets[0])
+    if access.deferred_auth:
+        offered = bearer_subprotocol(request)
+        if offered is not None:
+            return await authenticator.authenticate_token(offered)
+        return None  # the handler authenticates from the first message
+    raise _refuse(authenticator, "missing", "authentication required")
+
+
+def _is_preflight(request: web.Request) -> bool:
+    # CORS preflights never carry credentials; aiohttp-cors answers them.
+    return (request.method == "OPTIONS" and "Origin" in request.headers
+            and "Access-Control-Request-Method" in request.headers)
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the caller's principal and enforce the route's scopes."""
+    access = access_of(request)
+    if access.public or _is_preflight(request):
+        return await handler(request)
+    if not request.app[SETTINGS].auth.enabled:
+        request[PRINCIPAL] = ANONYMOUS
+        bind_contextvars(principal=ANONYMOUS.display)
+        return await handler(request)
+    authenticator = request.app[AUTHENTICATOR]
+    if is_websocket_upgrade(request):
+        try:
+            check_ws_origin(request)
+        except Forbidden:
+            authenticator.fail("forbidden_origin")
+            raise
+    principal = await _resolve(request, access, authenticator)
+    if principal is None:
+        return await handler(request)
+    request[PRINCIPAL] = principal
+    bind_contextvars(principal=principal.display)
+    missing = principal.missing_scopes(access.scopes_for(request.method))
+    if missing:
+        authenticator.fail("insufficient_scope")
+        raise InsufficientScope(
+            f"missing scope {missing[0]}", details={"missing_scopes": list(missing)},
+            headers={"WWW-Authenticate":
+                     f'Bearer realm="luki", error="insufficient_scope", '
+                     f'scope="{" ".join(missing)}"'})
     return await handler(request)
