@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -99,6 +99,47 @@ async def gateway(aiohttp_client: Callable[..., Any], make_settings: Callable[..
         return client
 
     return start
+
+
+@pytest.fixture
+async def serve_app(aiohttp_client: Callable[..., Any]
+                    ) -> Callable[[web.Application], Awaitable[TestClient[Any, Any]]]:
+    """Start an app already built (create_app plus test-only routes) on a real socket."""
+
+    async def start(app: web.Application) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return start
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Route every log line (structlog and stdlib) through our config as JSON into a buffer.
+
+    Yields a function returning the lines parsed so far; logging is reset afterwards.
+    """
+    import io
+    import json
+    import logging
+
+    import structlog
+
+    from luki_gateway.log import configure_logging
+
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("aiohttp.access").disabled)
+    configure_logging(load_settings(environ={}, overrides={"log_level": "DEBUG",
+                                                           "log_format": "json"}), buffer)
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+    yield lines
+    structlog.reset_defaults()
+    root.handlers[:], root.level = saved[0], saved[1]
+    logging.getLogger("aiohttp.access").disabled = saved[2]
 
 
 @pytest.fixture
