@@ -18,8 +18,10 @@ from .hub.turns import turns_ctx
 from .lifecycle import LIFECYCLE, Lifecycle, mark_draining, mark_ready
 from .metrics import HTTP_METRICS, REGISTRY, HttpMetrics
 from .middlewares import setup_middlewares
+from .ratelimit.headers import rate_limit_headers
 from .ratelimit.leases import leases_ctx
 from .ratelimit.limiter import limiter_ctx
+from .ratelimit.quotas import quotas_ctx
 from .redis_client import redis_ctx
 from .routes import auth, chat, docs, events, health, metrics, proxy, stats, usage, ws
 from .routes.access import ROUTE_ACCESS
@@ -48,6 +50,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         jwks_ctx,               # JWT keys: secret, PEM or JWKS with its refresh cache
         limiter_ctx,            # rate limiter: memory or Redis (Lua) backend
         leases_ctx,             # concurrent-stream leases
+        quotas_ctx,             # daily output-token quota
         hub_ctx,                # streaming hub: broker, history, subscribers
         turns_ctx,              # resumable chat turns
     ])
@@ -68,6 +71,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     setup_cors(app)
 
     app.on_response_prepare.append(standard_headers)
+    app.on_response_prepare.append(rate_limit_headers)
     app.on_startup.append(mark_ready)
     app.on_shutdown.insert(0, mark_draining)
     return app
