@@ -26,15 +26,20 @@ _SECRET_KEYS = frozenset({
 })
 # (pattern, replacement): whole-match secrets, then ones that keep a visible prefix.
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # API keys of ours: sk_live_..., sk_test_..., sk_dev_...
-    (re.compile(r"\bsk_(?:live|test|dev)_[A-Za-z0-9_\-]{4,}"), REDACTED),
+    # API keys: sk_live_..., sk_test_..., sk_dev_... (and any other sk_ key of 12+ chars)
+    (re.compile(r"\bsk_(?:(?:live|test|dev)_[A-Za-z0-9_\-]{4,}|[A-Za-z0-9_\-]{12,})"),
+     REDACTED),
     # JWTs (three base64url parts, header starts with eyJ)
     (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
+    # Header-like "Cookie: ..." / "X-API-Key=..." text: everything up to the line end
+    (re.compile(r"(?i)\b(cookie|set-cookie|x-api-key|proxy-authorization)(\s*[:=]\s*)"
+                r"[^\r\n]+"), rf"\1\2{REDACTED}"),
     # Authorization schemes followed by a credential
     (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=\-]{8,}"), rf"\1 {REDACTED}"),
     # Query/form values that carry credentials
-    (re.compile(r"(?i)([?&;](?:token|ticket|access_token|api_key|apikey|key|jwt|auth)=)"
-                r"[^&\s\"']+"), rf"\1{REDACTED}"),
+    # (at the start of the text, or after ? & ; whitespace or a quote)
+    (re.compile(r"(?i)(?<![^?&;\s\"'])((?:token|ticket|access_token|api_key|apikey|key|jwt"
+                r"|auth)=)[^&\s\"']+"), rf"\1{REDACTED}"),
 )
 
 
