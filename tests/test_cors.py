@@ -1,0 +1,64 @@
+"""CORS through aiohttp-cors: preflight for allowed and refused origins, per environment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+ALLOWED = "https://app.example"
+PREFLIGHT = {"Access-Control-Request-Method": "GET",
+             "Access-Control-Request-Headers": "Authorization, Content-Type"}
+
+
+async def test_preflight_from_allowed_origin(gateway: Callable[..., Any]) -> None:
+    """An allowed origin gets the preflight answer with methods, headers and credentials."""
+    client = await gateway(cors_origins=[ALLOWED, "https://other.example"])
+    resp = await client.options("/healthz", headers={"Origin": ALLOWED, **PREFLIGHT})
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+    allowed_headers = resp.headers["Access-Control-Allow-Headers"].upper()
+    assert "AUTHORIZATION" in allowed_headers
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_preflight_from_refused_origin(gateway: Callable[..., Any]) -> None:
+    """Another origin's preflight is refused in the JSON error shape, with no CORS grant."""
+    client = await gateway(cors_origins=[ALLOWED])
+    resp = await client.options("/healthz", headers={"Origin": "https://evil.example",
+                                                     **PREFLIGHT})
+    assert resp.status == 403
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert (await resp.json())["error"]["code"] == "FORBIDDEN"
+
+
+async def test_actual_request_gets_grant_and_exposed_headers(gateway: Callable[..., Any]) -> None:
+    """A cross-origin GET from an allowed origin may read X-Request-ID; others get no grant."""
+    client = await gateway(cors_origins=[ALLOWED])
+    resp = await client.get("/healthz", headers={"Origin": ALLOWED})
+    assert resp.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert "X-Request-ID" in resp.headers["Access-Control-Expose-Headers"]
+    resp = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert resp.status == 200
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_development_default_allows_any_origin(gateway: Callable[..., Any]) -> None:
+    """With no CORS_ORIGINS, development allows every origin (without credentials)."""
+    client = await gateway()
+    resp = await client.options("/metrics", headers={"Origin": "http://localhost:5173",
+                                                     **PREFLIGHT})
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] in ("*", "http://localhost:5173")
+    assert "Access-Control-Allow-Credentials" not in resp.headers
+
+
+async def test_staging_default_allows_no_origin(gateway: Callable[..., Any]) -> None:
+    """With no CORS_ORIGINS outside development, no origin is granted anything."""
+    client = await gateway(environment="staging")
+    resp = await client.options("/healthz", headers={"Origin": ALLOWED, **PREFLIGHT})
+    assert resp.status in (403, 405)
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    resp = await client.get("/healthz", headers={"Origin": ALLOWED})
+    assert "Access-Control-Allow-Origin" not in resp.headers
