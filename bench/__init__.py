@@ -1,0 +1,1 @@
+"""luki-gateway benchmarks: the gateway against the baselines a user would pick instead."""

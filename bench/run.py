@@ -1,0 +1,103 @@
+"""``python -m bench.run --quick|--full``: run the scenarios, write JSON, regenerate BENCHMARKS.md.
+
+Every scenario writes ``bench/results/<date>-<scenario>.json`` (machine facts, versions,
+every run's raw numbers). This process pins itself to the load core; servers under test get
+the other core alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .context import Context
+from .machine import machine_facts
+from .procs import REPO, raise_fd_limit
+from .profile import PROFILES
+
+SCENARIOS = ("proxy", "fanout", "memory", "chat", "ratelimit")
+RESULTS = REPO / "bench" / "results"
+REPORT = REPO / "BENCHMARKS.md"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_const", const="quick", dest="profile",
+                       help="~2 minutes at small scale (default)")
+    scale.add_argument("--full", action="store_const", const="full", dest="profile",
+                       help="the published run (up to ~20 minutes)")
+    scale.add_argument("--smoke", action="store_const", const="smoke", dest="profile",
+                       help="tiny scale, ~1 s per scenario (the harness test)")
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS,
+                        help="run only these (repeatable)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--report", type=Path, default=REPORT,
+                        help="Markdown report to regenerate ('-' for none)")
+    parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    args.profile = args.profile or "quick"
+    return args
+
+
+def _pin_self(ctx: Context) -> None:
+    if ctx.load_core is not None:
+        os.sched_setaffinity(0, {ctx.load_core})
+
+
+async def _run(args: argparse.Namespace) -> list[Path]:
+    ctx = Context.create(PROFILES[args.profile], allow_wrk=not args.no_wrk)
+    _pin_self(ctx)
+    raise_fd_limit()
+    facts = machine_facts(ctx)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    written: list[Path] = []
+    for name in args.scenario or SCENARIOS:
+        module = importlib.import_module(f"bench.scenarios.{name}")
+        print(f"bench: {name} ({ctx.profile.name}) ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        result = await module.run(ctx)
+        result.started = started
+        result.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        result.machine = facts
+        path = args.results_dir / f"{stamp}-{name}.json"
+        path.write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+        written.append(path)
+        states = ", ".join(f"{c.name}={c.status}" for c in result.contenders.values())
+        print(f"bench: {name} done in {time.monotonic() - t0:.0f} s: {states}",
+              file=sys.stderr, flush=True)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = _parse(argv)
+    try:
+        import uvloop
+
+        written = uvloop.run(_run(args))
+    except ImportError:
+        written = asyncio.run(_run(args))
+    if str(args.report) != "-":
+        from .report import write_report
+
+        write_report(args.report, [json.loads(p.read_text()) for p in written],
+                     plots=not args.no_plots)
+        print(f"bench: wrote {args.report}", file=sys.stderr)
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
