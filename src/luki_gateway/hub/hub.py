@@ -1,12 +1,333 @@
-"""the streaming hub: broker, history, subscribers (placeholder until its issue lands)."""
+"""The streaming hub: who is subscribed to what on this process, fan-out, heartbeat, shutdown.
+
+One ``Hub`` per app (``app[HUB]``), opened by ``hub_ctx``. Fan-out hands each event's shared
+bytes to every local subscriber without awaiting any socket; one sweep task per process pings
+WebSocket peers, closes dead ones and ends connections whose credentials expired (no
+per-connection timers).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import redis.asyncio as aioredis
+import structlog
 from aiohttp import web
+
+from ..errors import Unauthenticated
+from ..metrics import REGISTRY
+from ..redis_client import redis_of
+from ..settings import SETTINGS, HubSettings, Settings, SettingsError
+from .broker import Broker, MemoryBroker, RedisBroker
+from .channels import Policy, policy_for
+from .event import Event
+from .history import IdKey, MemoryHistory, Recovery, RedisHistory, parse_id
+from .metrics import HubMetrics
+from .subscriber import Subscriber
+
+log = structlog.get_logger("luki.hub")
+
+SWEEP_MAX_INTERVAL_S = 5.0
+
+
+class Hub:
+    """Local subscriptions and delivery; the broker carries events between processes."""
+
+    def __init__(self, settings: HubSettings, metrics: HubMetrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.broker: Broker = MemoryBroker(self, MemoryHistory(
+            settings.history_size, settings.history_ttl_s, clock))
+        self.connections: dict[str, Subscriber] = {}
+        self._channels: dict[str, dict[Subscriber, None]] = {}
+        # Subscribers replaying history: live events are buffered until the replay is sent.
+        self._pending: dict[str, dict[Subscriber, list[Event]]] = {}
+        self._policies: dict[str, Policy] = {}
+        self._last: dict[str, IdKey] = {}
+        self.slow_actions: Tally[str] = Tally()
+        self.published = 0
+        self.delivered = 0
+        self.draining = False
+        self._sweep: asyncio.Task[None] | None = None
+
+    # -- connections -----------------------------------------------------------------------
+
+    def register(self, sub: Subscriber) -> None:
+        """Track a new connection (stats, heartbeat, shutdown)."""
+        self.connections[sub.connection_id] = sub
+        gauge = self.metrics.ws_connections if sub.kind == "ws" else self.metrics.sse_connections
+        gauge.inc()
+
+    def forget(self, sub: Subscriber) -> None:
+        """Drop a closed connection and all its subscriptions."""
+        if self.connections.pop(sub.connection_id, None) is None:
+            return
+        gauge = self.metrics.ws_connections if sub.kind == "ws" else self.metrics.sse_connections
+        gauge.dec()
+        for channel in list(sub.channels):
+            self._remove(sub, channel)
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def subscribe(self, sub: Subscriber, channel: str) -> None:
+        """Add ``sub`` to ``channel`` for live events from now on."""
+        sub.channels.setdefault(channel, "")
+        subs = self._channels.get(channel)
+        if subs is None:
+            subs = self._channels[channel] = {}
+        subs[sub] = None
+
+    async def subscribe_from(self, sub: Subscriber, channel: str, last_id: str) -> Recovery:
+        """Replay ``channel`` after ``last_id``, then continue live with nothing lost or doubled.
+
+        Live events that arrive during the replay are held back and sent after it, minus
+        those the replay already contained.
+        """
+        sub.channels.setdefault(channel, "")
+        held: list[Event] = []
+        self._pending.setdefault(channel, {})[sub] = held
+        try:
+            recovery = await self.broker.recover(channel, last_id)
+        finally:
+            pending = self._pending.get(channel)
+            if pending is not None:
+                pending.pop(sub, None)
+                if not pending:
+                    del self._pending[channel]
+        if sub.closed:
+            return recovery
+        if recovery.status != "ok":
+            sub.push_frame(sub.notice_frame({"type": recovery.status, "channel": channel,
+                                             "last_id": last_id}))
+        policy = self.policy(channel)
+        newest = parse_id(last_id) or (0, 0)
+        for event in recovery.events:
+            sub.push_event(event, policy)
+            newest = max(newest, parse_id(event.id) or newest)
+        for event in held:
+            if (parse_id(event.id) or (0, 0)) > newest:
+                sub.push_event(event, policy)
+        self.subscribe(sub, channel)
+        return recovery
+
+    def unsubscribe(self, sub: Subscriber, channel: str) -> bool:
+        """Remove ``sub`` from ``channel``; False when it was not subscribed."""
+        if channel not in sub.channels:
+            return False
+        del sub.channels[channel]
+        self._remove(sub, channel)
+        return True
+
+    def _remove(self, sub: Subscriber, channel: str) -> None:
+        subs = self._channels.get(channel)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._channels[channel]
+                self._policies.pop(channel, None)
+                self._last.pop(channel, None)
+        pending = self._pending.get(channel)
+        if pending is not None:
+            pending.pop(sub, None)
+
+    def local_count(self, channel: str) -> int:
+        """Subscribers of ``channel`` on this process."""
+        subs = self._channels.get(channel)
+        return 0 if subs is None else len(subs)
+
+    def policy(self, channel: str) -> Policy:
+        """The slow-consumer policy of ``channel`` (cached while it has subscribers)."""
+        found = self._policies.get(channel)
+        if found is None:
+            found = policy_for(channel, self.settings)
+            if channel in self._channels:
+                self._policies[channel] = found
+        return found
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def publish(self, channel: str, name: str | None, data: Any) -> tuple[Event, int]:
+        """Publish JSON-able ``data`` to every subscriber on every process."""
+        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        event = await self.broker.publish(channel, name, encoded)
+        self.published += 1
+        self.metrics.published.inc()
+        return event, self.local_count(channel)
+
+    def deliver(self, event: Event) -> int:
+        """Hand ``event`` to every local subscriber of its channel; returns how many took it."""
+        channel = event.channel
+        if self._pending:
+            for held in self._pending.get(channel, {}).values():
+                held.append(event)
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        started = time.perf_counter()
+        policy = self.policy(channel)
+        ws = sse = 0
+        for sub in list(subs):
+            if sub.push_event(event, policy):
+                if sub.kind == "ws":
+                    ws += 1
+                else:
+                    sse += 1
+        metrics = self.metrics
+        if ws:
+            metrics.delivered.labels("ws").inc(ws)
+        if sse:
+            metrics.delivered.labels("sse").inc(sse)
+        self.delivered += ws + sse
+        metrics.fanout.observe(time.perf_counter() - started)
+        return ws + sse
+
+    def deliver_once(self, event: Event) -> int:
+        """``deliver``, skipping events already delivered here (catch-up after reconnect)."""
+        channel = event.channel
+        if channel not in self._channels and channel not in self._pending:
+            return 0
+        key = parse_id(event.id)
+        if key is not None:
+            last = self._last.get(channel)
+            if last is not None and key <= last:
+                return 0
+            if channel in self._channels:
+                self._last[channel] = key
+        return self.deliver(event)
+
+    def last_delivered_ids(self) -> dict[str, str]:
+        """Channel -> last id delivered here, for every channel with local subscribers."""
+        return {channel: f"{key[0]}-{key[1]}" for channel, key in self._last.items()
+                if channel in self._channels}
+
+    def count_slow(self, action: str) -> None:
+        """Record one slow-consumer policy action."""
+        self.slow_actions[action] += 1
+        self.metrics.slow_consumers.labels(action).inc()
+
+    # -- heartbeat, expiry, shutdown -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the one sweep task of this process."""
+        self._sweep = asyncio.get_running_loop().create_task(self._run_sweep())
+
+    async def _run_sweep(self) -> None:
+        interval = min(self.settings.ws_heartbeat_s, SWEEP_MAX_INTERVAL_S)
+        next_ping = time.monotonic() + self.settings.ws_heartbeat_s
+        while True:
+            await asyncio.sleep(interval)
+            ping = time.monotonic() >= next_ping
+            if ping:
+                next_ping = time.monotonic() + self.settings.ws_heartbeat_s
+            try:
+                self.sweep(ping=ping)
+            except Exception:
+                log.exception("hub sweep failed")
+
+    def sweep(self, *, ping: bool) -> None:
+        """One pass: expire credentials, ping WebSocket peers (closing silent ones)."""
+        now = self.clock()
+        deepest = 0
+        for sub in list(self.connections.values()):
+            expires_at = sub.principal.expires_at
+            if expires_at is not None and expires_at <= now:
+                sub.close(error=Unauthenticated("credentials expired; send an auth message "
+                                                "with a fresh token before expiry"),
+                          code=4401)
+                continue
+            if ping:
+                sub.heartbeat()
+            deepest = max(deepest, sub.queue_depth)
+        self.metrics.queue_depth.set(deepest)
+        if isinstance(self.broker, MemoryBroker):
+            self.broker.history.prune()
+
+    def shutdown(self) -> None:
+        """Tell every open stream to reconnect elsewhere (WS 1012 / SSE ``reconnect``)."""
+        self.draining = True
+        for sub in list(self.connections.values()):
+            sub.close(code=1012)
+
+    async def close(self) -> None:
+        """Stop the sweep; drop whatever connections are left."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
+        for sub in list(self.connections.values()):
+            sub.close()
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def stats(self, top: int = 50) -> dict[str, Any]:
+        """What an operator asks when a live event misbehaves (this process only)."""
+        kinds = Tally(sub.kind for sub in self.connections.values())
+        queued = [sub for sub in self.connections.values() if sub.queue_depth]
+        busiest = sorted(self._channels.items(), key=lambda item: -len(item[1]))[:top]
+        return {
+            "pid": os.getpid(),
+            "draining": self.draining,
+            "connections": {"ws": kinds.get("ws", 0), "sse": kinds.get("sse", 0)},
+            "channels": {"count": len(self._channels),
+                         "top": [{"channel": name, "subscribers": len(subs)}
+                                 for name, subs in busiest]},
+            "queues": {
+                "connections_with_backlog": len(queued),
+                "max_depth": max((sub.queue_depth for sub in queued), default=0),
+                "queued_bytes": sum(sub.queued_bytes for sub in queued),
+                "limits": {"messages": self.settings.queue_max_messages,
+                           "bytes": self.settings.queue_max_bytes},
+            },
+            "slow_consumer_actions": dict(self.slow_actions),
+            "events": {"published": self.published, "delivered": self.delivered},
+            "broker": {"kind": "redis" if isinstance(self.broker, RedisBroker) else "memory",
+                       "connected": self.broker.connected,
+                       "reconnects": getattr(self.broker, "reconnects", 0)},
+        }
+
+
+HUB = web.AppKey("hub", Hub)
+
+
+def _listener_client(settings: Settings) -> aioredis.Redis:
+    """A pub/sub connection: bounded connect time, but no read timeout while idle."""
+    return aioredis.Redis.from_url(settings.redis_url,
+                                   socket_connect_timeout=settings.redis_timeout_s,
+                                   socket_timeout=None, health_check_interval=0)
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the streaming hub: broker, history, subscribers."""
+    settings = app[SETTINGS]
+    allowed = ("coalesce", "drop_oldest", "disconnect")
+    for pattern, policy in settings.hub.channel_policies.items():
+        if policy not in allowed:
+            raise SettingsError(f"hub.channel_policies.{pattern}: must be one of {allowed}")
+    hub = Hub(settings.hub, HubMetrics.create(app[REGISTRY]))
+    redis = redis_of(app)
+    if redis is not None:
+        history = RedisHistory(redis, settings.redis_prefix, settings.hub.history_size,
+                               settings.hub.history_ttl_s)
+        hub.broker = RedisBroker(hub, history, lambda: _listener_client(settings))
+    app[HUB] = hub
+    await hub.broker.start()
+    hub.start()
     yield
+    await hub.close()
+    await hub.broker.close()
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: every open stream gets its reconnect hint now, not after 60 s."""
+    hub = app.get(HUB)
+    if hub is not None:
+        hub.shutdown()

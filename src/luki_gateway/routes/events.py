@@ -1,9 +1,138 @@
-"""GET /v1/events (SSE) and POST /v1/events/publish (placeholder until its issue lands)."""
+"""GET /v1/events (SSE subscription, resumable) and POST /v1/events/publish (single or batch)."""
 
 from __future__ import annotations
 
-from aiohttp import web
+import json
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+from aiohttp_sse import EventSourceResponse
+from marshmallow import Schema, ValidationError, fields, validate
+
+from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
+from ..errors import PayloadTooLarge, Unauthenticated, ValidationFailed
+from ..hub.channels import publish_refusal, subscribe_refusal, validate_channel
+from ..hub.hub import HUB, close_streams
+from ..hub.sse_stream import SseStream, parse_last_event_id
+from ..settings import SETTINGS
+from ..validation import load, parse_json, read_body
+from .access import RouteAccess, declare
+
+MAX_BATCH = 100
+_EVENT_NAME = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$",
+                              error="event must be a name like 'update' or 'order.created'")
+
+
+def _principal(request: web.Request) -> Principal:
+    found: Principal | None = request.get(PRINCIPAL)
+    if found is None:
+        if request.app[SETTINGS].auth.enabled:
+            raise Unauthenticated()
+        return ANONYMOUS
+    return found
+
+
+def _json_object(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError("data must be a JSON object")
+
+
+class PublishSchema(Schema):
+    """One event to publish: ``{channel, event?, data}``."""
+
+    channel = fields.String(required=True)
+    event = fields.String(load_default=None, allow_none=True, validate=_EVENT_NAME)
+    data = fields.Raw(required=True, validate=_json_object)
+
+
+class BatchSchema(Schema):
+    """Several events in one request: ``{"events": [{channel, event?, data}, ...]}``."""
+
+    events = fields.List(fields.Nested(PublishSchema), required=True,
+                         validate=validate.Length(min=1, max=MAX_BATCH))
+
+
+async def publish(request: web.Request) -> web.Response:
+    """Publish one event (or a batch, in order) to every subscriber on every process."""
+    principal = _principal(request)
+    refusal = publish_refusal(principal)
+    if refusal is not None:
+        raise refusal
+    settings = request.app[SETTINGS]
+    limit = settings.hub.publish_max_bytes
+    raw = parse_json(await read_body(request, max_bytes=min(settings.max_body_bytes,
+                                                            limit * MAX_BATCH + 4096)))
+    batch = isinstance(raw, dict) and "events" in raw
+    items = load(BatchSchema, raw)["events"] if batch else [load(PublishSchema, raw)]
+    for index, item in enumerate(items):
+        validate_channel(item["channel"])
+        size = len(json.dumps(item["data"], separators=(",", ":"), ensure_ascii=False)
+                   .encode())
+        if size > limit:
+            raise PayloadTooLarge("event data is over the publish limit",
+                                  details={"max_bytes": limit, "index": index})
+    hub = request.app[HUB]
+    results = []
+    for item in items:
+        event, delivered = await hub.publish(item["channel"], item["event"], item["data"])
+        results.append({"channel": event.channel, "id": event.id,
+                        "delivered_local": delivered})
+    body: dict[str, Any] = {"results": results} if batch else results[0]
+    return web.json_response(body)
+
+
+async def subscribe_sse(request: web.Request) -> web.StreamResponse:
+    """SSE stream of one or more channels; resumes after ``Last-Event-ID``/``last_event_id``."""
+    app = request.app
+    settings = app[SETTINGS].hub
+    hub = app[HUB]
+    channels = list(dict.fromkeys(request.query.getall("channel", [])))
+    if not channels:
+        raise ValidationFailed("at least one channel query parameter is required")
+    if len(channels) > settings.ws_max_subscriptions:
+        raise ValidationFailed("too many channels", details={
+            "limit": settings.ws_max_subscriptions})
+    for channel in channels:
+        validate_channel(channel)
+    principal = _principal(request)
+    for channel in channels:
+        refusal = subscribe_refusal(principal, channel, settings)
+        if refusal is not None:
+            raise refusal
+    # The header wins: it is what the browser sends on its own reconnects.
+    raw_last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
+    resume = parse_last_event_id(raw_last, channels)
+    if raw_last.strip() and not resume:
+        raise ValidationFailed("Last-Event-ID is not an event id of these channels")
+
+    response = EventSourceResponse(ping_interval=settings.sse_heartbeat_s, sep="\n")
+    await response.prepare(request)
+    await response.write(b"retry: %d\n\n" % settings.sse_retry_ms)
+    transport = request.transport
+    if transport is None:
+        return response
+    stream = SseStream(hub, principal, transport, request.protocol, response,
+                       chunked=request.version >= HttpVersion11, single=len(channels) == 1)
+    hub.register(stream)
+    try:
+        for channel in channels:
+            last_id = resume.get(channel)
+            if last_id is None:
+                hub.subscribe(stream, channel)
+            else:
+                stream.channels[channel] = last_id
+                await hub.subscribe_from(stream, channel, last_id)
+        await response.wait()
+    finally:
+        stream.close()
+        await stream.run_close_callbacks()
+    return response
 
 
 def setup(app: web.Application) -> None:
     """Add the routes: GET /v1/events (SSE) and POST /v1/events/publish."""
+    declare(app, app.router.add_get("/v1/events", subscribe_sse), RouteAccess(ticket=True))
+    declare(app, app.router.add_post("/v1/events/publish", publish),
+            RouteAccess(scopes={"POST": ("events:publish",)}))
+    # Streams get their reconnect hint as soon as shutdown starts (hub/hub.py).
+    app.on_shutdown.append(close_streams)

@@ -1,9 +1,180 @@
-"""GET /v1/ws (placeholder until its issue lands)."""
+"""GET /v1/ws: the WebSocket endpoint (channel subscriptions here, chat turns via handlers).
+
+The handler owns the read side only; everything sent goes through the connection's
+subscriber queue (``WsSubscriber``). Pings are answered here and liveness is judged by the
+hub's single sweep, so an idle socket costs no timer and no task beyond aiohttp's own.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import json
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
+from ..errors import (
+    GatewayError,
+    InternalError,
+    Unauthenticated,
+    ValidationFailed,
+    error_message,
+)
+from ..hub.channels import subscribe_refusal, validate_channel
+from ..hub.history import parse_id
+from ..hub.hub import HUB
+from ..hub.ws_subscriber import WsSubscriber
+from ..settings import SETTINGS
+from ..tracing import trace_of
+from .access import RouteAccess, declare
+from .ws_protocol import WS_MESSAGE_HANDLERS
+
+log = structlog.get_logger("luki.ws")
+
+
+def _principal(request: web.Request) -> Principal | None:
+    found: Principal | None = request.get(PRINCIPAL)
+    if found is None and not request.app[SETTINGS].auth.enabled:
+        return ANONYMOUS
+    return found
+
+
+class _Session:
+    """The read side of one socket: message dispatch and the malformed-message budget."""
+
+    __slots__ = ("conn", "malformed", "request", "trace_id")
+
+    def __init__(self, request: web.Request, conn: WsSubscriber) -> None:
+        self.request = request
+        self.conn = conn
+        self.trace_id = trace_of(request).trace_id
+        self.malformed = 0
+
+    def error(self, err: GatewayError, **extra: Any) -> None:
+        message = error_message(err, self.trace_id)
+        message.update(extra)
+        self.conn.send_json(message)
+
+    def refuse_malformed(self, err: GatewayError) -> bool:
+        """Answer a bad message; True when the budget is spent and the socket must close."""
+        self.malformed += 1
+        self.error(err)
+        return self.malformed > self.request.app[SETTINGS].hub.ws_max_malformed
+
+    async def handle_text(self, text: str) -> bool:
+        """Handle one client message; True when the socket must close (1008)."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            return self.refuse_malformed(ValidationFailed("message is not valid JSON"))
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            return self.refuse_malformed(ValidationFailed(
+                'message must be a JSON object with a string "type"'))
+        kind = data["type"]
+        try:
+            if kind == "subscribe":
+                await self.subscribe(data)
+            elif kind == "unsubscribe":
+                self.unsubscribe(data)
+            elif kind == "ping":
+                reply: dict[str, Any] = {"type": "pong"}
+                if "id" in data:
+                    reply["id"] = data["id"]
+                self.conn.send_json(reply)
+            else:
+                handler = self.request.app[WS_MESSAGE_HANDLERS].get(kind)
+                if handler is None:
+                    return self.refuse_malformed(ValidationFailed(
+                        "unknown message type", details={"type": kind[:64]}))
+                await handler(self.conn, data)
+        except GatewayError as err:
+            self.error(err, **({"id": data["id"]} if "id" in data else {}))
+        except Exception:
+            log.exception("ws message handler failed", type=kind[:64])
+            self.error(InternalError())
+        return False
+
+    async def subscribe(self, data: dict[str, Any]) -> None:
+        hub = self.request.app[HUB]
+        channel = validate_channel(data.get("channel"))
+        last_id = data.get("last_id")
+        if last_id is not None and (not isinstance(last_id, str) or parse_id(last_id) is None):
+            raise ValidationFailed("last_id must be an event id from this channel",
+                                   details={"channel": channel})
+        refusal = subscribe_refusal(self.conn.principal, channel, hub.settings)
+        if refusal is not None:
+            raise refusal
+        if channel in self.conn.channels:
+            raise ValidationFailed("already subscribed to this channel",
+                                   details={"channel": channel, "reason": "already_subscribed"})
+        if len(self.conn.channels) >= hub.settings.ws_max_subscriptions:
+            raise ValidationFailed("too many subscriptions on this connection",
+                                   details={"limit": hub.settings.ws_max_subscriptions,
+                                            "reason": "too_many_subscriptions"})
+        reply: dict[str, Any] = {"type": "subscribed", "channel": channel}
+        if last_id is None:
+            hub.subscribe(self.conn, channel)
+            self.conn.send_json(reply)
+            return
+        # Sent first so the replayed events follow their confirmation.
+        self.conn.send_json({**reply, "last_id": last_id})
+        await hub.subscribe_from(self.conn, channel, last_id)
+
+    def unsubscribe(self, data: dict[str, Any]) -> None:
+        channel = validate_channel(data.get("channel"))
+        if not self.request.app[HUB].unsubscribe(self.conn, channel):
+            raise ValidationFailed("not subscribed to this channel",
+                                   details={"channel": channel, "reason": "not_subscribed"})
+        self.conn.send_json({"type": "unsubscribed", "channel": channel})
+
+
+async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+    """Upgrade, authenticate, then read messages until the socket closes."""
+    app = request.app
+    settings = app[SETTINGS]
+    hub = app[HUB]
+    principal = _principal(request)
+    ws = web.WebSocketResponse(protocols=("bearer",), autoping=False, compress=False,
+                               max_msg_size=settings.hub.ws_max_message_bytes)
+    await ws.prepare(request)
+    if principal is None:
+        await ws.send_json(error_message(Unauthenticated(), trace_of(request).trace_id))
+        await ws.close(code=4401, message=b"unauthenticated")
+        return ws
+    transport = request.transport
+    assert transport is not None  # prepared: the connection is open
+    conn = WsSubscriber(hub, principal, transport, request.protocol, ws)
+    hub.register(conn)
+    session = _Session(request, conn)
+    conn.send_json({"type": "welcome", "connection_id": conn.connection_id,
+                    "principal": {"id": principal.id, "subject": principal.subject,
+                                  "kind": principal.kind,
+                                  "scopes": sorted(principal.scopes)}})
+    try:
+        while not conn.closed:
+            msg = await ws.receive()
+            conn.awaiting_pong = False
+            if msg.type is WSMsgType.TEXT:
+                if await session.handle_text(msg.data):
+                    await ws.close(code=1008, message=b"too many malformed messages")
+                    break
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                if session.refuse_malformed(ValidationFailed("binary messages are not accepted")):
+                    await ws.close(code=1008, message=b"too many malformed messages")
+                    break
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
+                              WSMsgType.ERROR):
+                break
+    finally:
+        conn.close()
+        await conn.run_close_callbacks()
+    return ws
 
 
 def setup(app: web.Application) -> None:
     """Add the routes: GET /v1/ws."""
+    declare(app, app.router.add_get("/v1/ws", ws_handler),
+            RouteAccess(deferred_auth=True))

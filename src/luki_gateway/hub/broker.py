@@ -1,0 +1,174 @@
+"""Broker: how a published event reaches every subscriber on every process.
+
+``MemoryBroker`` (embedded default) stores and delivers in-process. ``RedisBroker`` stores in
+a Redis Stream and publishes on ``<prefix>ch:<channel>`` in one script, and each process keeps
+one pattern subscription (``<prefix>ch:*``), never one per client. When Redis is lost, the
+listener reconnects with backoff; meanwhile local publishes still reach local subscribers, and
+after the reconnect every locally watched channel is caught up from history, so subscribers
+resume without a gap from events stored while this process was not listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from .event import Event
+from .history import IdClock, MemoryHistory, Recovery, RedisHistory, format_id
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = structlog.get_logger("luki.hub.broker")
+
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class Broker(Protocol):
+    """Publish to all processes, and answer resume requests from history."""
+
+    async def publish(self, channel: str, name: str | None, data: str) -> Event:
+        """Store ``data`` (compact JSON) under a new id and deliver it everywhere."""
+
+    async def recover(self, channel: str, last_id: str) -> Recovery:
+        """The events of ``channel`` after ``last_id``."""
+
+    async def start(self) -> None:
+        """Begin listening (no-op in memory)."""
+
+    async def close(self) -> None:
+        """Stop listening."""
+
+    @property
+    def connected(self) -> bool:
+        """False while cross-process delivery is interrupted."""
+
+
+class MemoryBroker:
+    """One process: history ring + direct delivery."""
+
+    def __init__(self, hub: Hub, history: MemoryHistory) -> None:
+        self.hub = hub
+        self.history = history
+        self.connected = True
+
+    async def publish(self, channel: str, name: str | None, data: str) -> Event:
+        """Store and deliver locally."""
+        event = self.history.append(channel, name, data)
+        self.hub.deliver(event)
+        return event
+
+    async def recover(self, channel: str, last_id: str) -> Recovery:
+        """From the in-memory ring."""
+        return self.history.since(channel, last_id)
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+class RedisBroker:
+    """Many processes: Redis Stream history + one pattern subscription per process."""
+
+    def __init__(self, hub: Hub, history: RedisHistory,
+                 make_listener_client: Callable[[], aioredis.Redis],
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.hub = hub
+        self.history = history
+        self._make_client = make_listener_client
+        self._sleep = sleep
+        self._task: asyncio.Task[None] | None = None
+        self._ids = IdClock()  # ids for events published locally while Redis is down
+        self.connected = False
+        self.reconnects = 0
+        self._subscribed = asyncio.Event()
+
+    async def publish(self, channel: str, name: str | None, data: str) -> Event:
+        """Through Redis (our own listener delivers it here too); local only when down."""
+        try:
+            return await self.history.append(channel, name, data)
+        except _REDIS_FAILURES as exc:
+            log.warning("publish fell back to local delivery", channel=channel,
+                        error=type(exc).__name__)
+        event = Event(channel, format_id(self._ids.next()), name, data)
+        self.hub.deliver(event)
+        return event
+
+    async def recover(self, channel: str, last_id: str) -> Recovery:
+        """From the Redis Stream; a Redis failure is reported as a gap (events may be lost)."""
+        try:
+            return await self.history.since(channel, last_id)
+        except _REDIS_FAILURES:
+            return Recovery((), "gap")
+
+    async def start(self) -> None:
+        """Start the listener and wait briefly for its first subscription."""
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout=2.0)
+
+    async def close(self) -> None:
+        """Stop the listener."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _listen(self) -> None:
+        pattern = f"{self.history.prefix}ch:*"
+        strip = len(self.history.prefix) + 3
+        backoff = BACKOFF_FIRST_S
+        first = True
+        while True:
+            client = self._make_client()
+            pubsub = client.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                if not first:
+                    await self._catch_up()
+                    log.info("redis pub/sub reconnected", reconnects=self.reconnects)
+                first = False
+                self.connected = True
+                self._subscribed.set()
+                backoff = BACKOFF_FIRST_S
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=None)
+                    if message is None or message["type"] != "pmessage":
+                        continue
+                    channel = message["channel"][strip:].decode()
+                    self.hub.deliver_once(Event.from_wire(channel, message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    log.warning("redis pub/sub lost; local delivery continues",
+                                error=type(exc).__name__)
+                self.connected = False
+                first = False
+                self.reconnects += 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _catch_up(self) -> None:
+        """Deliver what was stored while this process was not listening."""
+        for channel, last_id in self.hub.last_delivered_ids().items():
+            recovery = await self.history.since(channel, last_id)
+            for event in recovery.events:
+                self.hub.deliver_once(event)

@@ -1,0 +1,92 @@
+"""SseStream: a Server-Sent Events subscriber on ``GET /v1/events``.
+
+With one channel every event's SSE chunk is shared by all subscribers. With several, the
+``id:`` line has to carry every channel's position (``channel=id,channel=id``) so that the
+browser's automatic ``Last-Event-ID`` resumes all of them; only that line is per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp_sse import EventSourceResponse
+
+from ..auth.principal import Principal
+from ..errors import GatewayError
+from ..tracing import TraceContext
+from .event import Event, http_chunk, sse_block
+from .history import parse_id
+from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from aiohttp.base_protocol import BaseProtocol
+
+    from .hub import Hub
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def parse_last_event_id(raw: str, channels: list[str]) -> dict[str, str]:
+    """Channel -> id to resume from, for a plain id (every channel) or a composite one."""
+    raw = raw.strip()
+    if not raw:
+        return {}
+    if "=" not in raw:
+        return dict.fromkeys(channels, raw) if parse_id(raw) else {}
+    found: dict[str, str] = {}
+    for part in raw.split(","):
+        channel, _, event_id = part.partition("=")
+        if channel in channels and parse_id(event_id):
+            found[channel] = event_id
+    return found
+
+
+class SseStream(Subscriber):
+    """One event stream; writes go straight to the transport as HTTP chunks."""
+
+    __slots__ = ("chunked", "response", "single")
+
+    kind = "sse"
+
+    def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
+                 protocol: BaseProtocol, response: EventSourceResponse, *,
+                 chunked: bool, single: bool) -> None:
+        super().__init__(hub, principal, transport, protocol)
+        self.response = response
+        self.chunked = chunked
+        self.single = single
+
+    def _frame(self, data: bytes) -> bytes:
+        return http_chunk(data) if self.chunked else data
+
+    def frame_of(self, event: Event) -> bytes:
+        """The shared chunk (one channel) or the body with this stream's composite id."""
+        if self.single and self.chunked:
+            return event.sse
+        channels = self.channels
+        channels[event.channel] = event.id
+        if self.single:
+            return b"id: %b\n%b" % (event.id.encode(), event.sse_body)
+        composite = ",".join(f"{c}={i}" for c, i in channels.items() if i)
+        return self._frame(b"id: %b\n%b" % (composite.encode(), event.sse_body))
+
+    def notice_frame(self, message: dict[str, Any]) -> bytes:
+        """``gap`` / ``reset`` as named SSE events."""
+        body = {k: v for k, v in message.items() if k != "type"}
+        return self._frame(sse_block(json.dumps(body, separators=(",", ":")),
+                                     event=str(message["type"])))
+
+    def final_bytes(self, error: GatewayError | None, code: int) -> bytes:
+        """An ``error`` event, or a ``reconnect`` hint on restart; then the end of the body."""
+        if error is None:
+            block = sse_block(json.dumps({"reason": "service restart"}), event="reconnect")
+        else:
+            block = sse_block(json.dumps(error.body(TraceContext.new().trace_id)),
+                              event="error")
+        return self._frame(block) + (_LAST_CHUNK if self.chunked else b"")
+
+    def on_closed(self) -> None:
+        """Wake the handler waiting on this stream."""
+        self.response.stop_streaming()

@@ -1,0 +1,77 @@
+"""WsSubscriber: a WebSocket subscriber; also the `WsConnection` chat handlers are given."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..auth.principal import Principal
+from ..errors import GatewayError, error_message
+from ..tracing import TraceContext
+from .event import OPCODE_PING, Event, ws_frame, ws_json_frame
+from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from aiohttp.base_protocol import BaseProtocol
+
+    from .hub import Hub
+
+OPCODE_CLOSE = 0x8
+_PING = ws_frame(b"", OPCODE_PING)
+CLOSE_REASONS = {1008: "policy violation", 1012: "service restart", 4401: "unauthenticated"}
+
+
+def close_frame(code: int) -> bytes:
+    """A server close frame with ``code`` and a short reason."""
+    return ws_frame(struct.pack("!H", code) + CLOSE_REASONS.get(code, "").encode(),
+                    OPCODE_CLOSE)
+
+
+class WsSubscriber(Subscriber):
+    """One ``/v1/ws`` socket: JSON messages out through the subscriber queue."""
+
+    __slots__ = ("awaiting_pong", "ws")
+
+    kind = "ws"
+
+    def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
+                 protocol: BaseProtocol, ws: web.WebSocketResponse) -> None:
+        super().__init__(hub, principal, transport, protocol)
+        self.ws = ws
+        self.awaiting_pong = False
+
+    def frame_of(self, event: Event) -> bytes:
+        """The event's shared text frame."""
+        return event.ws
+
+    def notice_frame(self, message: dict[str, Any]) -> bytes:
+        """A control message as a text frame."""
+        return ws_json_frame(message)
+
+    def final_bytes(self, error: GatewayError | None, code: int) -> bytes:
+        """The error message (if any), then the close frame."""
+        head = b"" if error is None else ws_json_frame(
+            error_message(error, TraceContext.new().trace_id))
+        return head + close_frame(code)
+
+    def heartbeat(self) -> None:
+        """Ping; a peer that did not answer (or send anything) since the last ping is dead."""
+        if self.awaiting_pong:
+            transport = self.transport
+            self.close()
+            transport.abort()
+            return
+        self.awaiting_pong = True
+        self.push_frame(_PING)
+
+    def send_json(self, message: Mapping[str, Any]) -> None:
+        """Enqueue one JSON message (never blocks, silently dropped once closed)."""
+        self.push_frame(ws_json_frame(message))
+
+    def replace_principal(self, principal: Principal) -> None:
+        """After a successful ``auth`` message: the refreshed credentials."""
+        self.principal = principal
