@@ -1,12 +1,360 @@
-"""resumable chat turns (placeholder until its issue lands)."""
+"""Resumable chat turns: each turn's events, kept while they are relayed.
+
+A :class:`Turn` lives in the process that runs it: it numbers events (``seq`` from 1),
+keeps them (up to ``chat.resume_max_events``), hands each to its listeners at once and,
+when Redis is configured, queues it for the Redis Stream ``<prefix>turn:<turn_id>`` so a
+client can resume on any process. Writes to Redis are batched by one flusher task (a few
+milliseconds), so relaying a token costs a list append, not a round trip.
+
+When the last listener leaves a running turn, the upstream is kept for the grace period
+(``chat.resume_grace_s``; 0 when resume is off) and then abandoned. A listener on another
+process keeps it alive through the key ``<prefix>turn:<turn_id>:watch`` (short TTL).
+
+Redis keys: ``turn:<id>`` (stream: fields ``s`` seq, ``e`` event, ``d`` JSON data; capped
+with MAXLEN ~; TTL ``chat.resume_ttl_s``), ``turn:<id>:meta`` (hash: owner; same TTL),
+``turn:<id>:watch`` (a remote listener is attached; TTL a few seconds).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
 
+import redis.asyncio as aioredis
+import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
+
+from ..errors import DownstreamTimeout, DownstreamUnavailable, Forbidden, NotFound
+from ..redis_client import redis_of
+from ..settings import SETTINGS, ChatSettings
+
+log = structlog.get_logger("luki.turns")
+
+TERMINAL = frozenset({"done", "error"})
+# A remote listener refreshes its watch key this often; the key outlives two refreshes.
+WATCH_REFRESH_S = 1.0
+WATCH_TTL_MS = 3000
+# Finished turns kept in this process for local resumes (Redis keeps them for all).
+MAX_FINISHED_LOCAL = 1000
+# Flush at most this often, so a burst of tokens becomes one pipeline.
+FLUSH_DELAY_S = 0.004
+
+
+class TurnEvent(NamedTuple):
+    """One event of a turn: its number, type, JSON text and decoded value.
+
+    ``value`` is the token text for ``token`` and the decoded object otherwise.
+    """
+
+    seq: int
+    event: str
+    data: str
+    value: Any
+
+
+Listener = Callable[[TurnEvent], None]
+
+
+def decode_event(seq: int, event: str, data: str) -> TurnEvent:
+    """A stored event back as a TurnEvent (tokens carry their text as value)."""
+    value: Any = json.loads(data)
+    if event == "token" and isinstance(value, dict):
+        value = value.get("text", "")
+    return TurnEvent(seq, event, data, value)
+
+
+class Turn:
+    """One turn running in this process: its events so far and who listens to them."""
+
+    __slots__ = ("_grace", "_registry", "abandon", "created_at", "events", "finished",
+                 "listeners", "overflowed", "owner", "seq", "turn_id")
+
+    def __init__(self, registry: TurnRegistry, turn_id: str, owner: str) -> None:
+        self._registry = registry
+        self.turn_id = turn_id
+        self.owner = owner
+        self.seq = 0
+        self.events: list[TurnEvent] = []
+        self.listeners: list[Listener] = []
+        self.finished = False
+        # More events than the resume buffer holds: resuming from the start is impossible.
+        self.overflowed = False
+        self.created_at = time.monotonic()
+        # Called once when the turn is left alone past the grace period (cancels upstream).
+        self.abandon: Callable[[], None] | None = None
+        self._grace: asyncio.Task[None] | None = None
+
+    def publish(self, event: str, data: str, value: Any) -> TurnEvent:
+        """Number the event, keep it, hand it to every listener now (hot path)."""
+        if self.finished:
+            raise RuntimeError("turn already ended")
+        self.seq += 1
+        item = TurnEvent(self.seq, event, data, value)
+        events = self.events
+        if len(events) < self._registry.max_events:
+            events.append(item)
+        else:
+            self.overflowed = True
+        for listener in self.listeners:
+            listener(item)
+        registry = self._registry
+        if registry.redis is not None:
+            registry.enqueue(self.turn_id, item)
+        if event in TERMINAL:
+            self.finished = True
+            self._stop_grace()
+            registry.finish(self)
+        return item
+
+    def attach(self, listener: Listener, after_seq: int = 0) -> None:
+        """Replay every kept event after ``after_seq`` to ``listener``, then add it live."""
+        if self.overflowed and after_seq < self.seq - len(self.events):
+            raise NotFound("the turn has moved past the resume buffer",
+                           details={"turn_id": self.turn_id})
+        for item in self.events:
+            if item.seq > after_seq:
+                listener(item)
+        if not self.finished:
+            self.listeners = [*self.listeners, listener]
+            self._stop_grace()
+
+    def detach(self, listener: Listener) -> None:
+        """Stop delivering to ``listener``; a running turn left alone starts its grace."""
+        if listener in self.listeners:
+            self.listeners = [x for x in self.listeners if x is not listener]
+        if not self.listeners and not self.finished and self._grace is None:
+            self._grace = asyncio.create_task(self._grace_then_abandon())
+
+    def _stop_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    async def _grace_then_abandon(self) -> None:
+        registry = self._registry
+        while True:
+            await asyncio.sleep(registry.grace_s)
+            if not await registry.watched_elsewhere(self.turn_id):
+                break
+        self._grace = None
+        if not self.listeners and not self.finished and self.abandon is not None:
+            self.abandon()
+
+
+class TurnRegistry:
+    """The turns of this app: live and recently finished ones, and the Redis copy."""
+
+    def __init__(self, settings: ChatSettings, redis: aioredis.Redis | None,
+                 prefix: str) -> None:
+        self.resume = settings.resume
+        self.grace_s = settings.resume_grace_s if settings.resume else 0.0
+        self.ttl_s = settings.resume_ttl_s
+        self.max_events = settings.resume_max_events if settings.resume else 0
+        self.idle_timeout_s = settings.idle_timeout_s
+        self.redis = redis if settings.resume else None
+        self.prefix = prefix
+        self.live: dict[str, Turn] = {}
+        self._finished: OrderedDict[str, tuple[float, Turn]] = OrderedDict()
+        self._pending: list[tuple[str, TurnEvent]] = []
+        self._new_meta: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- keys ------------------------------------------------------------------------
+    def stream_key(self, turn_id: str) -> str:
+        """The Redis Stream holding a turn's events."""
+        return f"{self.prefix}turn:{turn_id}"
+
+    # -- local turns -----------------------------------------------------------------
+    def create(self, turn_id: str, owner: str) -> Turn:
+        """A new live turn owned by principal id ``owner``."""
+        turn = Turn(self, turn_id, owner)
+        self.live[turn_id] = turn
+        if self.redis is not None:
+            self._new_meta.append((turn_id, owner))
+            self._wake.set()
+        return turn
+
+    def finish(self, turn: Turn) -> None:
+        """Move an ended turn to the finished set (kept for local resumes, bounded)."""
+        self.live.pop(turn.turn_id, None)
+        if not self.resume:
+            return
+        now = time.monotonic()
+        finished = self._finished
+        finished[turn.turn_id] = (now, turn)
+        while finished:
+            oldest_id, (ended_at, _) = next(iter(finished.items()))
+            if len(finished) <= MAX_FINISHED_LOCAL and now - ended_at < self.ttl_s:
+                break
+            del finished[oldest_id]
+
+    def local(self, turn_id: str) -> Turn | None:
+        """The live or recently finished turn with this id in this process."""
+        turn = self.live.get(turn_id)
+        if turn is not None:
+            return turn
+        kept = self._finished.get(turn_id)
+        if kept is None or time.monotonic() - kept[0] >= self.ttl_s:
+            return None
+        return kept[1]
+
+    # -- Redis copy ------------------------------------------------------------------
+    def enqueue(self, turn_id: str, item: TurnEvent) -> None:
+        """Queue one event for the next flush (hot path: an append)."""
+        self._pending.append((turn_id, item))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the flusher (Redis mode only)."""
+        if self.redis is not None and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def close(self) -> None:
+        """Stop the flusher after a last flush."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+            await self.flush()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_DELAY_S)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write queued metadata and events to Redis in one pipeline."""
+        redis = self.redis
+        if redis is None or not (self._pending or self._new_meta):
+            return
+        pending, self._pending = self._pending, []
+        metas, self._new_meta = self._new_meta, []
+        pipe = redis.pipeline(transaction=False)
+        for turn_id, owner in metas:
+            key = f"{self.stream_key(turn_id)}:meta"
+            pipe.hset(key, mapping={"owner": owner})
+            pipe.expire(key, self.ttl_s)
+        touched: set[str] = set()
+        for turn_id, item in pending:
+            key = self.stream_key(turn_id)
+            pipe.xadd(key, {"s": item.seq, "e": item.event, "d": item.data},
+                      maxlen=self.max_events, approximate=True)
+            touched.add(key)
+        for key in touched:
+            pipe.expire(key, self.ttl_s)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # Resume from another process degrades; the live relay is unaffected.
+            log.warning("turn buffer write failed", error=type(exc).__name__,
+                        events=len(pending))
+
+    async def watched_elsewhere(self, turn_id: str) -> bool:
+        """True when a listener on another process is attached to this turn."""
+        if self.redis is None:
+            return False
+        try:
+            return bool(await self.redis.exists(f"{self.stream_key(turn_id)}:watch"))
+        except (RedisError, OSError):
+            return False
+
+    async def check_remote(self, turn_id: str, owner: str) -> None:
+        """Raise unless ``owner`` may follow turn ``turn_id`` kept in Redis.
+
+        NotFound (no Redis, unknown or expired turn), Forbidden (another principal's),
+        DownstreamUnavailable (Redis down).
+        """
+        redis = self.redis
+        if redis is None:
+            raise NotFound("no such turn", details={"turn_id": turn_id})
+        stored_owner: Any
+        try:
+            stored_owner = await redis.hget(f"{self.stream_key(turn_id)}:meta", "owner")
+        except (RedisError, OSError):
+            raise DownstreamUnavailable("turn store unavailable") from None
+        if stored_owner is None:
+            raise NotFound("no such turn", details={"turn_id": turn_id})
+        if stored_owner.decode() != owner:
+            raise Forbidden("only the principal who started a turn may resume it")
+
+    async def remote_events(self, turn_id: str, owner: str, after_seq: int
+                            ) -> AsyncIterator[TurnEvent]:
+        """Events of a turn run by another process: kept ones after ``after_seq``, then live.
+
+        Raises NotFound (unknown or expired turn), Forbidden (another principal's turn),
+        DownstreamUnavailable (Redis down); ends after the terminal event.
+        """
+        await self.check_remote(turn_id, owner)
+        redis = self.redis
+        if redis is None:  # check_remote refused already; this narrows the type
+            return
+        key = self.stream_key(turn_id)
+        last_id = "0-0"
+        first = True
+        quiet_since = time.monotonic()
+        batch: Any
+        while True:
+            try:
+                await redis.set(f"{key}:watch", b"1", px=WATCH_TTL_MS)
+                if first:
+                    batch = await redis.xrange(key, "-", "+")
+                else:
+                    found: Any = await redis.xread({key: last_id},
+                                              block=int(WATCH_REFRESH_S * 1000))
+                    batch = found[0][1] if found else []
+            except (RedisError, OSError):
+                raise DownstreamUnavailable("turn store unavailable") from None
+            if first and batch:
+                oldest = int(batch[0][1][b"s"])
+                if oldest > after_seq + 1:
+                    raise NotFound("the turn has moved past the resume buffer",
+                                   details={"turn_id": turn_id})
+            first = False
+            for entry_id, fields in batch:
+                last_id = entry_id.decode()
+                seq = int(fields[b"s"])
+                if seq <= after_seq:
+                    continue
+                item = decode_event(seq, fields[b"e"].decode(), fields[b"d"].decode())
+                yield item
+                if item.event in TERMINAL:
+                    return
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > self.idle_timeout_s + self.grace_s:
+                # The process running the turn is gone: say so instead of waiting forever.
+                raise DownstreamTimeout("the turn stopped without an end")
+
+    def cancel_all(self) -> list[Turn]:
+        """Abandon every live turn (shutdown); returns them."""
+        turns = list(self.live.values())
+        for turn in turns:
+            if turn.abandon is not None:
+                turn.abandon()
+        return turns
+
+
+TURNS = web.AppKey("turns", TurnRegistry)
 
 
 async def turns_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: resumable chat turns."""
-    yield
+    """cleanup_ctx: the turn registry and, with Redis, its flusher."""
+    settings = app[SETTINGS]
+    registry = TurnRegistry(settings.chat, redis_of(app), settings.redis_prefix)
+    app[TURNS] = registry
+    registry.start()
+    try:
+        yield
+    finally:
+        await registry.close()

@@ -1,9 +1,188 @@
-"""POST /v1/chat and /v1/chat/stream (placeholder until its issue lands)."""
+"""POST /v1/chat, GET/POST /v1/chat/stream, and chat over /v1/ws.
+
+The sync route answers one turn as JSON; the stream route relays a turn as SSE (``token``,
+``tool_call``, then exactly one ``done`` or ``error``, each with ``id: <turn_id>:<seq>``).
+``GET /v1/chat/stream?turn_id=...`` with ``Last-Event-ID`` resumes a turn, on any process.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+
 from aiohttp import web
+from marshmallow import Schema
+
+from ..auth.principal import principal_of
+from ..chat.limits import TurnAllowance
+from ..chat.metrics import CHAT_METRICS
+from ..chat.relay import (
+    TurnRequest,
+    agent_client,
+    identity_headers,
+    new_turn_id,
+    relays_ctx,
+    start_turn,
+    stop_relays,
+)
+from ..chat.schema import chat_schema
+from ..chat.sse import SseSink, open_sse, sse_streams_ctx
+from ..chat.turn_access import check_owner, resolve_user
+from ..chat.ws import setup_ws
+from ..errors import GatewayError, ValidationFailed
+from ..hub.turns import TURNS, Turn, TurnEvent
+from ..settings import SETTINGS
+from ..tracing import trace_of
+from ..upstream.agent import AgentRequest
+from ..validation import load, read_json
+from .access import RouteAccess, declare
+
+CHAT_SCHEMA = web.AppKey("chat_schema", Schema)
+# EventSource puts the message in the URL; keep such URLs well under common limits.
+GET_MESSAGE_MAX_CHARS = 2000
+
+CHAT_ACCESS = RouteAccess(scopes={"POST": ("chat:write",), "GET": ("chat:write",)},
+                          ticket=True)
+
+
+async def _agent_request(request: web.Request) -> AgentRequest:
+    principal = principal_of(request)
+    if request.method == "GET":
+        query = request.query
+        message = query.get("message")
+        if message is not None and len(message) > GET_MESSAGE_MAX_CHARS:
+            raise ValidationFailed("message too long for GET; POST it instead",
+                                   details={"max_chars": GET_MESSAGE_MAX_CHARS})
+        data = {"message": message} if message is not None else {}
+        if "user_id" in query:
+            data["user_id"] = query["user_id"]
+        body = load(request.app[CHAT_SCHEMA], data)
+    else:
+        body = await read_json(request, request.app[CHAT_SCHEMA])
+    return AgentRequest(resolve_user(principal, body["user_id"]), body["message"],
+                        body["context"])
+
+
+async def chat(request: web.Request) -> web.Response:
+    """POST /v1/chat: one turn, answered whole."""
+    app = request.app
+    received = asyncio.get_running_loop().time()
+    principal = principal_of(request)
+    trace = trace_of(request)
+    agent = await _agent_request(request)
+    client = agent_client(app)
+    allowance = await TurnAllowance.acquire(app, principal)
+    metrics = app[CHAT_METRICS]
+    turn_id = new_turn_id()
+    outcome = "internal_error"
+    output_tokens = 0
+    metrics.active.inc()
+    try:
+        headers = identity_headers(TurnRequest(principal, trace, "sync", agent, received),
+                                   turn_id)
+        reply = await client.complete(agent, headers)
+        usage = reply["usage"] or {"input_tokens": len(agent.message.split()),
+                                   "output_tokens": len(reply["text"].split())}
+        output_tokens = usage["output_tokens"]
+        outcome = "tool_calls" if reply["tool_calls"] else "stop"
+        metrics.tokens.labels("input").inc(usage["input_tokens"])
+        metrics.tokens.labels("output").inc(output_tokens)
+    except GatewayError as err:
+        outcome = err.code
+        raise
+    finally:
+        metrics.active.dec()
+        metrics.turns.labels("sync", outcome.lower()).inc()
+        await allowance.settle(output_tokens)
+    return web.json_response({
+        "text": reply["text"], "tool_calls": reply["tool_calls"],
+        "meta": {"trace_id": trace.trace_id, "turn_id": turn_id, "usage": usage},
+    })
+
+
+async def chat_stream(request: web.Request) -> web.StreamResponse:
+    """GET/POST /v1/chat/stream: relay one turn as SSE (GET with turn_id resumes)."""
+    if request.method == "GET" and "turn_id" in request.query:
+        return await _resume(request)
+    app = request.app
+    received = asyncio.get_running_loop().time()
+    principal = principal_of(request)
+    agent = await _agent_request(request)
+    agent_client(app)  # no agent configured: a plain 503 before the stream starts
+    allowance = await TurnAllowance.acquire(app, principal)
+    relayed = start_turn(app, TurnRequest(principal, trace_of(request), "sse", agent,
+                                          received), allowance)
+    return await _relay(request, relayed.turn, 0)
+
+
+async def _relay(request: web.Request, turn: Turn, after_seq: int) -> web.StreamResponse:
+    """Write ``turn``'s events after ``after_seq`` to this request until it ends or leaves."""
+    sink = SseSink(request, turn.turn_id)
+    try:
+        turn.attach(sink, after_seq)
+        response = await open_sse(request, turn.turn_id)
+        with contextlib.suppress(ConnectionError):  # the client left mid-write
+            await sink.pump(response)
+        return response
+    finally:
+        turn.detach(sink)
+
+
+def _last_seq(request: web.Request, turn_id: str) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is None:
+        return 0
+    prefix, sep, seq = raw.rpartition(":")
+    if not sep or prefix != turn_id or not seq.isdigit():
+        raise ValidationFailed("Last-Event-ID must be <turn_id>:<seq> of this turn")
+    return int(seq)
+
+
+async def _resume(request: web.Request) -> web.StreamResponse:
+    """GET /v1/chat/stream?turn_id=...: missed events, then the live rest of the turn."""
+    principal = principal_of(request)
+    turn_id = request.query["turn_id"]
+    after = _last_seq(request, turn_id)
+    registry = request.app[TURNS]
+    turn = registry.local(turn_id)
+    if turn is not None:
+        check_owner(turn, principal)
+        return await _relay(request, turn, after)
+    await registry.check_remote(turn_id, principal.id)
+    sink = SseSink(request, turn_id)
+    feeder = asyncio.create_task(_follow(request, sink, turn_id, after))
+    try:
+        response = await open_sse(request, turn_id)
+        with contextlib.suppress(ConnectionError):
+            await sink.pump(response)
+        return response
+    finally:
+        feeder.cancel()
+
+
+async def _follow(request: web.Request, sink: SseSink, turn_id: str, after: int) -> None:
+    """Feed a turn kept in Redis into ``sink`` (another process runs it)."""
+    last = after
+    try:
+        async for item in request.app[TURNS].remote_events(
+                turn_id, principal_of(request).id, after):
+            last = item.seq
+            sink(item)
+    except GatewayError as err:
+        data = json.dumps(err.body(trace_of(request).trace_id))
+        sink(TurnEvent(last + 1, "error", data, None))
 
 
 def setup(app: web.Application) -> None:
-    """Add the routes: POST /v1/chat and /v1/chat/stream."""
+    """Add the routes: POST /v1/chat, GET/POST /v1/chat/stream; WS chat handlers."""
+    app[CHAT_SCHEMA] = chat_schema(app[SETTINGS].chat)
+    app.cleanup_ctx.append(relays_ctx)
+    app.cleanup_ctx.append(sse_streams_ctx)
+    app.on_shutdown.append(stop_relays)
+    declare(app, app.router.add_post("/v1/chat", chat),
+            RouteAccess(scopes={"POST": ("chat:write",)}))
+    stream = app.router.add_resource("/v1/chat/stream")
+    declare(app, stream.add_route("POST", chat_stream), CHAT_ACCESS)
+    declare(app, stream.add_route("GET", chat_stream), CHAT_ACCESS)
+    setup_ws(app)

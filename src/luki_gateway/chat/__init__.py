@@ -1,0 +1,1 @@
+"""Chat turns: relaying an agent's answer to one client, with its end-of-stream contract."""

@@ -1,0 +1,242 @@
+"""One agent turn, relayed: upstream events in, numbered turn events out, one clean end.
+
+The relay runs as its own task, apart from any client connection, so a turn can outlive a
+dropped connection for the resume grace period. It owns the end-of-stream contract: every
+turn ends with exactly one ``done`` (stop | length | tool_calls | cancelled | client_gone)
+or one ``error`` (DOWNSTREAM_TIMEOUT, DOWNSTREAM_ERROR, DOWNSTREAM_UNAVAILABLE,
+CIRCUIT_OPEN, INTERNAL_ERROR), whatever the upstream or the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from ..auth.principal import Principal
+from ..errors import (
+    DownstreamError,
+    DownstreamTimeout,
+    DownstreamUnavailable,
+    GatewayError,
+    InternalError,
+)
+from ..hub.turns import TURNS, Turn
+from ..metrics import REGISTRY
+from ..settings import SETTINGS
+from ..tracing import TraceContext
+from ..upstream.agent import AgentClient, AgentRequest, AgentStream
+from ..upstream.sessions import UPSTREAMS
+from .limits import TurnAllowance
+from .metrics import CHAT_METRICS, ChatMetrics
+
+log = structlog.get_logger("luki.chat")
+
+AGENT_CLIENT = web.AppKey("agent_client", AgentClient)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A turn as a client asked for it, over one transport (sync, sse, ws)."""
+
+    principal: Principal
+    trace: TraceContext
+    transport: str
+    agent: AgentRequest
+    # loop.time() when the client's request arrived (time to first token starts here).
+    received_at: float
+
+
+def new_turn_id() -> str:
+    """A turn id: unguessable, URL-safe, short."""
+    return "t_" + os.urandom(12).hex()
+
+
+def identity_headers(req: TurnRequest, turn_id: str) -> dict[str, str]:
+    """What the agent learns about the caller and the trace."""
+    principal = req.principal
+    return {
+        "X-Request-ID": req.trace.request_id,
+        "traceparent": req.trace.traceparent,
+        "X-LUKi-Principal": principal.subject,
+        "X-LUKi-Scopes": " ".join(sorted(principal.scopes)),
+        "X-LUKi-Auth-Type": principal.kind,
+        "X-LUKi-Turn-Id": turn_id,
+    }
+
+
+def done_data(finish_reason: str, usage: dict[str, int], turn_id: str, trace_id: str) -> str:
+    """The JSON of a ``done`` event."""
+    return json.dumps({"finish_reason": finish_reason, "usage": usage, "turn_id": turn_id,
+                       "trace_id": trace_id})
+
+
+def error_data(err: GatewayError, trace_id: str) -> str:
+    """The JSON of an ``error`` event."""
+    return json.dumps(err.body(trace_id))
+
+
+class RelayedTurn:
+    """A turn and the task relaying it; ``cancel`` ends it with ``done`` cancelled."""
+
+    __slots__ = ("_cancel_reason", "allowance", "app", "request", "task", "turn")
+
+    def __init__(self, app: web.Application, turn: Turn, request: TurnRequest,
+                 allowance: TurnAllowance) -> None:
+        self.app = app
+        self.turn = turn
+        self.request = request
+        self.allowance = allowance
+        self._cancel_reason = "client_gone"
+        self.task: asyncio.Task[None] | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop the upstream request now; the turn ends with ``done`` ``reason``."""
+        if self.task is not None and not self.task.done():
+            self._cancel_reason = reason
+            self.task.cancel()
+
+    async def run(self) -> None:
+        """Relay the agent's stream into the turn until one terminal event is published."""
+        app = self.app
+        settings = app[SETTINGS].chat
+        metrics = app[CHAT_METRICS]
+        turn = self.turn
+        req = self.request
+        loop = asyncio.get_running_loop()
+        idle = settings.idle_timeout_s
+        publish = turn.publish
+        observe_gap = metrics.gap.observe
+        stream: AgentStream | None = None
+        tokens = 0
+        last = 0.0
+        usage: dict[str, int] | None = None
+        outcome = "internal_error"
+        metrics.active.inc()
+        try:
+            client = agent_client(app)
+            upstream_start = loop.time()
+            async with asyncio.timeout(settings.first_token_timeout_s) as deadline:
+                stream = await client.open_stream(req.agent, identity_headers(req, turn.turn_id))
+                async for event in stream.events():
+                    kind = event.kind
+                    if kind == "token":
+                        now = loop.time()
+                        if tokens:
+                            observe_gap(now - last)
+                        else:
+                            metrics.upstream_ttft.observe(now - upstream_start)
+                            metrics.ttft.observe(now - req.received_at)
+                        last = now
+                        tokens += 1
+                        deadline.reschedule(now + idle)
+                        publish("token", event.data, event.value)
+                    elif kind == "tool_call":
+                        deadline.reschedule(loop.time() + idle)
+                        publish("tool_call", event.data, event.value)
+                    elif kind == "done":
+                        usage = event.value["usage"] or self._counted(tokens)
+                        outcome = event.value["finish_reason"]
+                        self._finish(outcome, usage)
+                        return
+                    else:
+                        raise DownstreamError("the agent reported an error",
+                                              details=event.value)
+            raise DownstreamError("agent closed the stream without a final event")
+        except TimeoutError:
+            err: GatewayError = DownstreamTimeout(
+                "no token from the agent within the idle timeout" if tokens else
+                "no first token from the agent in time")
+            outcome = self._fail(err)
+        except GatewayError as exc:
+            outcome = self._fail(exc)
+        except asyncio.CancelledError:
+            outcome = self._cancel_reason
+            self._finish(outcome, self._counted(tokens))
+        except Exception:
+            log.exception("chat relay failed", turn_id=turn.turn_id)
+            outcome = self._fail(InternalError())
+        finally:
+            if stream is not None:
+                stream.close()
+            metrics.active.dec()
+            if usage is None:
+                usage = self._counted(tokens)
+            metrics.turns.labels(req.transport, outcome.lower()).inc()
+            metrics.tokens.labels("input").inc(usage["input_tokens"])
+            metrics.tokens.labels("output").inc(usage["output_tokens"])
+            await self.allowance.settle(usage["output_tokens"])
+
+    def _counted(self, tokens: int) -> dict[str, int]:
+        return {"input_tokens": len(self.request.agent.message.split()), "output_tokens": tokens}
+
+    def _finish(self, reason: str, usage: dict[str, int]) -> None:
+        data = done_data(reason, usage, self.turn.turn_id, self.request.trace.trace_id)
+        self.turn.publish("done", data, json.loads(data))
+
+    def _fail(self, err: GatewayError) -> str:
+        data = error_data(err, self.request.trace.trace_id)
+        self.turn.publish("error", data, json.loads(data))
+        return err.code
+
+
+def _client_for(app: web.Application) -> AgentClient:
+    """The agent client over the agent upstream's persistent session."""
+    settings = app[SETTINGS]
+    upstream = app[UPSTREAMS].get("agent")
+    return AgentClient(upstream.session, upstream.base_url,
+                       protocol=settings.chat.agent_protocol, model=settings.chat.agent_model,
+                       breaker=upstream.breaker, timeout_s=settings.upstream.timeout_s,
+                       connect_timeout_s=settings.upstream.connect_timeout_s)
+
+
+def agent_client(app: web.Application) -> AgentClient:
+    """The app's agent client (503 DOWNSTREAM_UNAVAILABLE when no agent is configured)."""
+    client = app.get(AGENT_CLIENT)
+    if client is None:
+        raise DownstreamUnavailable(details={"upstream": "agent"})
+    return client
+
+
+def start_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowance
+               ) -> RelayedTurn:
+    """Create the turn and start relaying it in its own task."""
+    turn = app[TURNS].create(new_turn_id(), request.principal.id)
+    relayed = RelayedTurn(app, turn, request, allowance)
+    turn.abandon = lambda: relayed.cancel("client_gone")
+    relays = app[RELAYS]
+    relays.add(relayed)
+    task = asyncio.create_task(relayed.run(), name=f"chat-turn-{turn.turn_id}")
+    task.add_done_callback(lambda _: relays.discard(relayed))
+    relayed.task = task
+    return relayed
+
+
+RELAYS = web.AppKey("chat_relays", set[RelayedTurn])
+
+
+async def relays_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: chat metrics, and no relay task outlives the app."""
+    app[CHAT_METRICS] = ChatMetrics.create(app[REGISTRY])
+    app[RELAYS] = set()
+    if "agent" in app[UPSTREAMS]:
+        app[AGENT_CLIENT] = _client_for(app)
+    yield
+    await stop_relays(app)
+
+
+async def stop_relays(app: web.Application) -> None:
+    """on_shutdown: end every running turn with ``done`` cancelled and wait for them."""
+    relays = list(app.get(RELAYS, ()))
+    for relayed in relays:
+        relayed.cancel("cancelled")
+    for relayed in relays:
+        if relayed.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await relayed.task

@@ -1,0 +1,55 @@
+"""What a chat request may contain (HTTP bodies, the GET query and WebSocket messages)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from ..settings import ChatSettings
+
+ID_LENGTH = validate.Length(min=1, max=128)
+
+
+def _context_size_check(max_bytes: int) -> Any:
+    def check(value: Any) -> None:
+        if len(json.dumps(value, separators=(",", ":"))) > max_bytes:
+            raise ValidationError(f"context must be at most {max_bytes} bytes of JSON")
+    return check
+
+
+def chat_schema(settings: ChatSettings, *, with_id: bool = False) -> Schema:
+    """The body of POST /v1/chat, /v1/chat/stream (and, ``with_id``, the WS ``chat``)."""
+    attrs: dict[str, Any] = {
+        "message": fields.String(required=True, validate=validate.Length(
+            min=1, max=settings.max_message_chars)),
+        "user_id": fields.String(load_default=None, validate=ID_LENGTH),
+        "context": fields.Dict(keys=fields.String(), load_default=None,
+                               validate=_context_size_check(settings.max_context_bytes)),
+    }
+    if with_id:
+        attrs["id"] = fields.String(required=True, validate=ID_LENGTH)
+        attrs["type"] = fields.String()
+    return Schema.from_dict(attrs, name="ChatWs" if with_id else "Chat")()
+
+
+class CancelSchema(Schema):
+    """WS ``cancel {id}``."""
+
+    type = fields.String()
+    id = fields.String(required=True, validate=ID_LENGTH)
+
+
+class ResumeSchema(Schema):
+    """WS ``resume {turn_id, last_seq, id?}``."""
+
+    type = fields.String()
+    id = fields.String(load_default=None, validate=ID_LENGTH)
+    turn_id = fields.String(required=True, validate=ID_LENGTH)
+    last_seq = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0))
+
+    @validates("turn_id")
+    def _turn_id_shape(self, value: str, **_: Any) -> None:
+        if not value.isascii() or not value.replace("_", "").isalnum():
+            raise ValidationError("not a turn id")

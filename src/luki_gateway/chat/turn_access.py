@@ -1,0 +1,26 @@
+"""Who a turn is for, and who may follow it."""
+
+from __future__ import annotations
+
+from ..auth.principal import Principal
+from ..errors import Forbidden, InsufficientScope
+from ..hub.turns import Turn
+
+# Acting for another user is an explicit grant, never implied by chat:write.
+ACT_AS_SCOPE = "chat:act_as"
+
+
+def resolve_user(principal: Principal, requested: str | None) -> str:
+    """The user a turn is for: the caller's subject unless it may act for another."""
+    if requested is None or requested == principal.subject:
+        return principal.subject
+    if not principal.has_scope(ACT_AS_SCOPE):
+        raise InsufficientScope(f"acting for another user needs the {ACT_AS_SCOPE} scope",
+                                details={"required_scopes": [ACT_AS_SCOPE]})
+    return requested
+
+
+def check_owner(turn: Turn, principal: Principal) -> None:
+    """Only the principal who started a turn may resume it."""
+    if turn.owner != principal.id:
+        raise Forbidden("only the principal who started a turn may resume it")

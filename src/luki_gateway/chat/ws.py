@@ -1,0 +1,239 @@
+"""Chat over /v1/ws: the ``chat``, ``cancel`` and ``resume`` message handlers.
+
+The hub owns the socket; these handlers start turns, listen to them and enqueue messages
+with ``conn.send_json``. Every message of a turn carries the client's ``id`` and the
+gateway's ``turn_id``. When the socket closes, its turns lose their listener and are kept
+for the resume grace period, then cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema
+
+from ..errors import GatewayError, NotFound, RateLimitExceeded, error_message
+from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent
+from ..routes.ws_protocol import WS_MESSAGE_HANDLERS, WsConnection
+from ..settings import SETTINGS
+from ..tracing import TraceContext
+from ..upstream.agent import AgentRequest
+from ..validation import load
+from .limits import TurnAllowance
+from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
+from .schema import CancelSchema, ResumeSchema, chat_schema
+from .turn_access import check_owner, resolve_user
+
+
+@dataclass(slots=True)
+class _Listening:
+    turn: Turn | None
+    listener: Listener
+    feeder: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class SocketTurns:
+    """The turns one socket listens to, by the client's id."""
+
+    by_id: dict[str, _Listening] = field(default_factory=dict)
+
+
+CHAT_SOCKETS = web.AppKey("chat_sockets", dict[str, SocketTurns])
+WS_CHAT_SCHEMA = web.AppKey("ws_chat_schema", Schema)
+
+
+def ws_listener(conn: WsConnection, client_id: str, turn_id: str,
+                on_end: Callable[[], None]) -> Listener:
+    """A turn listener that sends each event as a WS message tagged with both ids."""
+    send = conn.send_json
+
+    def listener(item: TurnEvent) -> None:
+        event = item.event
+        if event == "token":
+            send({"type": "token", "id": client_id, "turn_id": turn_id, "seq": item.seq,
+                  "text": item.value})
+            return
+        if event == "tool_call":
+            send({"type": "tool_call", "id": client_id, "turn_id": turn_id, "seq": item.seq,
+                  "tool_call": item.value})
+            return
+        send({**item.value, "type": event, "id": client_id, "turn_id": turn_id,
+              "seq": item.seq})
+        if event in TERMINAL:
+            on_end()
+
+    return listener
+
+
+def _socket(app: web.Application, conn: WsConnection) -> SocketTurns:
+    sockets = app[CHAT_SOCKETS]
+    found = sockets.get(conn.connection_id)
+    if found is None:
+        found = sockets[conn.connection_id] = SocketTurns()
+
+        async def on_close() -> None:
+            # Listeners leave; each running turn starts its grace period (or is cancelled).
+            state = sockets.pop(conn.connection_id, None)
+            if state is None:
+                return
+            for listening in state.by_id.values():
+                if listening.feeder is not None:
+                    listening.feeder.cancel()
+                if listening.turn is not None:
+                    listening.turn.detach(listening.listener)
+
+        conn.add_close_callback(on_close)
+    return found
+
+
+def _send_error(conn: WsConnection, err: GatewayError, client_id: Any,
+                trace: TraceContext, turn_id: str | None = None) -> None:
+    message = error_message(err, trace.trace_id)
+    if isinstance(client_id, str):
+        message["id"] = client_id
+    if turn_id is not None:
+        message["turn_id"] = turn_id
+    conn.send_json(message)
+
+
+def _ended(state: SocketTurns, client_id: str) -> Callable[[], None]:
+    def end() -> None:
+        state.by_id.pop(client_id, None)
+    return end
+
+
+async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, Any]) -> None:
+    """``chat {id, message, context?}``: start a turn on this socket."""
+    trace = TraceContext.new()
+    received = asyncio.get_running_loop().time()
+    try:
+        body = load(app[WS_CHAT_SCHEMA], msg)
+        client_id: str = body["id"]
+        state = _socket(app, conn)
+        if client_id in state.by_id:
+            raise GatewayError("a turn with this id is still running", status=409,
+                               details={"id": client_id})
+        limit = app[SETTINGS].chat.max_turns_per_socket
+        if len(state.by_id) >= limit:
+            raise RateLimitExceeded("too many turns running on this socket",
+                                    details={"max_turns_per_socket": limit})
+        principal = conn.principal
+        agent = AgentRequest(resolve_user(principal, body["user_id"]), body["message"],
+                             body["context"])
+        agent_client(app)
+        allowance = await TurnAllowance.acquire(app, principal)
+    except GatewayError as err:
+        _send_error(conn, err, msg.get("id"), trace)
+        return
+    if conn.closed:
+        await allowance.settle(0)
+        return
+    relayed = start_turn(app, TurnRequest(principal, trace, "ws", agent, received), allowance)
+    turn = relayed.turn
+    listener = ws_listener(conn, client_id, turn.turn_id, _ended(state, client_id))
+    state.by_id[client_id] = _Listening(turn, listener)
+    turn.attach(listener)
+
+
+def _relay_of(app: web.Application, turn: Turn) -> RelayedTurn | None:
+    for relayed in app[RELAYS]:
+        if relayed.turn is turn:
+            return relayed
+    return None
+
+
+async def handle_cancel(app: web.Application, conn: WsConnection, msg: dict[str, Any]
+                        ) -> None:
+    """``cancel {id}``: stop that turn's upstream; it ends with ``done`` cancelled."""
+    trace = TraceContext.new()
+    try:
+        client_id: str = load(CancelSchema(), msg)["id"]
+        state = _socket(app, conn)
+        listening = state.by_id.get(client_id)
+        if listening is None:
+            raise NotFound("no running turn with this id", details={"id": client_id})
+    except GatewayError as err:
+        _send_error(conn, err, msg.get("id"), trace)
+        return
+    relayed = _relay_of(app, listening.turn) if listening.turn is not None else None
+    if relayed is not None:
+        relayed.cancel("cancelled")
+        return
+    # A turn followed from another process: stop following and end it for this client.
+    if listening.feeder is not None:
+        listening.feeder.cancel()
+    state.by_id.pop(client_id, None)
+    conn.send_json({"type": "done", "id": client_id, "finish_reason": "cancelled",
+                    "trace_id": trace.trace_id})
+
+
+async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str, Any]
+                        ) -> None:
+    """``resume {turn_id, last_seq, id?}``: missed events, then the live rest of the turn."""
+    trace = TraceContext.new()
+    try:
+        body = load(ResumeSchema(), msg)
+        turn_id: str = body["turn_id"]
+        client_id: str = body["id"] or turn_id
+        after: int = body["last_seq"]
+        state = _socket(app, conn)
+        if client_id in state.by_id:
+            raise GatewayError("a turn with this id is still running", status=409,
+                               details={"id": client_id})
+        registry = app[TURNS]
+        turn = registry.local(turn_id)
+        if turn is not None:
+            check_owner(turn, conn.principal)
+            listener = ws_listener(conn, client_id, turn_id, _ended(state, client_id))
+            turn.attach(listener, after)
+            if not turn.finished:
+                state.by_id[client_id] = _Listening(turn, listener)
+            return
+        await registry.check_remote(turn_id, conn.principal.id)
+    except GatewayError as err:
+        _send_error(conn, err, msg.get("id"), trace, msg.get("turn_id")
+                    if isinstance(msg.get("turn_id"), str) else None)
+        return
+    listener = ws_listener(conn, client_id, turn_id, _ended(state, client_id))
+    listening = _Listening(None, listener)
+    state.by_id[client_id] = listening
+    listening.feeder = asyncio.create_task(_follow_remote(app, listener, turn_id,
+                                                          conn.principal.id, after, trace))
+
+
+async def _follow_remote(app: web.Application, listener: Listener, turn_id: str, owner: str,
+                         after: int, trace: TraceContext) -> None:
+    last = after
+    try:
+        async for item in app[TURNS].remote_events(turn_id, owner, after):
+            last = item.seq
+            listener(item)
+    except GatewayError as err:
+        data = json.dumps(err.body(trace.trace_id))
+        listener(TurnEvent(last + 1, "error", data, json.loads(data)))
+
+
+def setup_ws(app: web.Application) -> None:
+    """Register the chat message handlers on /v1/ws."""
+    app[CHAT_SOCKETS] = {}
+    app[WS_CHAT_SCHEMA] = chat_schema(app[SETTINGS].chat, with_id=True)
+    handlers = app[WS_MESSAGE_HANDLERS]
+
+    async def chat(conn: WsConnection, msg: dict[str, Any]) -> None:
+        await handle_chat(app, conn, msg)
+
+    async def cancel(conn: WsConnection, msg: dict[str, Any]) -> None:
+        await handle_cancel(app, conn, msg)
+
+    async def resume(conn: WsConnection, msg: dict[str, Any]) -> None:
+        await handle_resume(app, conn, msg)
+
+    handlers["chat"] = chat
+    handlers["cancel"] = cancel
+    handlers["resume"] = resume

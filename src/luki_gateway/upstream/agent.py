@@ -1,0 +1,380 @@
+"""The agent upstream client: one turn as a request, or as a stream of agent events.
+
+Two dialects behind one interface: the native LUKi protocol (``POST /v1/chat`` and SSE
+``POST /v1/chat/stream``) and the OpenAI-compatible ``POST /v1/chat/completions`` with
+``stream: true`` (vLLM, llama.cpp server, Ollama, LiteLLM). Both come out as
+:class:`AgentEvent` ``token`` / ``tool_call`` / ``done`` / ``error``; anything else the
+upstream does (garbage, closing without a terminal event) raises :class:`DownstreamError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import aiohttp
+import yarl
+
+from ..errors import DownstreamError, DownstreamTimeout, DownstreamUnavailable
+from .breaker import CircuitBreaker
+from .sse import SseEvent, SseParser, SseProtocolError
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "cancelled", "client_gone"})
+
+
+class AgentEvent(NamedTuple):
+    """One event of a turn from the agent.
+
+    ``data`` is the JSON text forwarded to clients as is (``token``, ``tool_call``);
+    ``value`` is the token text, or the decoded payload for the other kinds.
+    """
+
+    kind: str
+    data: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    """One turn as the gateway asks the agent for it."""
+
+    user_id: str
+    message: str
+    context: Mapping[str, Any] | None = None
+
+
+def _decode_object(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise DownstreamError("agent sent an event that is not JSON") from None
+    if not isinstance(value, dict):
+        raise DownstreamError("agent sent an event that is not a JSON object")
+    return value
+
+
+def _usage(raw: Any) -> dict[str, int] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    inp = raw.get("input_tokens", raw.get("prompt_tokens"))
+    out = raw.get("output_tokens", raw.get("completion_tokens"))
+    if isinstance(inp, int) and isinstance(out, int):
+        return {"input_tokens": inp, "output_tokens": out}
+    return None
+
+
+def _done(finish_reason: Any, usage: Any) -> AgentEvent:
+    reason = finish_reason if finish_reason in FINISH_REASONS else "stop"
+    return AgentEvent("done", "", {"finish_reason": reason, "usage": _usage(usage)})
+
+
+def _agent_error(error: Any) -> AgentEvent:
+    code = "AGENT_ERROR"
+    if isinstance(error, Mapping):
+        code = str(error.get("code") or error.get("type") or code)[:64]
+    return AgentEvent("error", "", {"upstream_code": code})
+
+
+class NativeDialect:
+    """The LUKi agent's own SSE events, forwarded nearly as they come."""
+
+    path_sync = "/v1/chat"
+    path_stream = "/v1/chat/stream"
+
+    def body(self, turn: AgentRequest, stream: bool) -> dict[str, Any]:
+        """The JSON the agent expects for this turn."""
+        body: dict[str, Any] = {"user_id": turn.user_id, "message": turn.message}
+        if turn.context is not None:
+            body["context"] = turn.context
+        return body
+
+    def translate(self, event: SseEvent) -> list[AgentEvent]:
+        """One upstream SSE event as agent events (unknown event types are skipped)."""
+        kind = event.event
+        if kind == "token":
+            data = event.data
+            payload = _decode_object(data)
+            text = payload.get("text")
+            if not isinstance(text, str):
+                raise DownstreamError("agent sent a token without text")
+            if "\n" in data:  # multi-line JSON would break our own SSE framing
+                data = json.dumps(payload)
+            return [AgentEvent("token", data, text)]
+        if kind == "tool_call":
+            payload = _decode_object(event.data)
+            return [AgentEvent("tool_call", json.dumps(payload), payload)]
+        if kind == "done":
+            payload = _decode_object(event.data)
+            return [_done(payload.get("finish_reason"), payload.get("usage"))]
+        if kind == "error":
+            payload = _decode_object(event.data)
+            return [_agent_error(payload.get("error"))]
+        return []
+
+    def finish(self) -> list[AgentEvent]:
+        """The stream ended without a terminal event: that is the agent's failure."""
+        raise DownstreamError("agent closed the stream without a final event")
+
+    def reply(self, body: Any) -> dict[str, Any]:
+        """The sync answer as ``{text, tool_calls, usage}``."""
+        if not isinstance(body, Mapping) or not isinstance(body.get("text"), str):
+            raise DownstreamError("agent answered without text")
+        tool_calls = body.get("tool_calls") or []
+        if not isinstance(tool_calls, list):
+            raise DownstreamError("agent answered with malformed tool calls")
+        return {"text": body["text"], "tool_calls": tool_calls, "usage": _usage(body.get("usage"))}
+
+
+@dataclass(slots=True)
+class _ToolCallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        raw = "".join(self.arguments)
+        try:
+            arguments: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            arguments = raw  # keep what the model produced; the client decides
+        return {"id": self.id, "name": self.name, "arguments": arguments}
+
+
+class OpenAIDialect:
+    """``/v1/chat/completions`` chunks mapped to agent events (one dialect per stream)."""
+
+    path_sync = "/v1/chat/completions"
+    path_stream = "/v1/chat/completions"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._finish: str | None = None
+        self._usage: Any = None
+        self._tools: dict[int, _ToolCallParts] = {}
+
+    def body(self, turn: AgentRequest, stream: bool) -> dict[str, Any]:
+        """An OpenAI chat-completions request for this turn."""
+        messages: list[Any] = []
+        history = turn.context.get("messages") if turn.context else None
+        if isinstance(history, list):
+            messages.extend(history)
+        messages.append({"role": "user", "content": turn.message})
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": stream,
+                                "user": turn.user_id}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def translate(self, event: SseEvent) -> list[AgentEvent]:
+        """One ``data:`` chunk as agent events; ``[DONE]`` ends the turn."""
+        data = event.data
+        if data == "[DONE]":
+            return [*self._flush_tools(), _done(self._finish or "stop", self._usage)]
+        chunk = _decode_object(data)
+        if "error" in chunk:
+            return [_agent_error(chunk["error"])]
+        if chunk.get("usage") is not None:
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return []
+        choice = choices[0]
+        if not isinstance(choice, Mapping):
+            raise DownstreamError("agent sent a malformed choice")
+        out: list[AgentEvent] = []
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                out.append(AgentEvent("token", json.dumps({"text": content}), content))
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                self._collect_tools(calls)
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str):
+            self._finish = finish
+            out.extend(self._flush_tools())
+        return out
+
+    def _collect_tools(self, calls: list[Any]) -> None:
+        for call in calls:
+            if not isinstance(call, Mapping):
+                raise DownstreamError("agent sent a malformed tool call")
+            index = call.get("index", 0)
+            parts = self._tools.setdefault(index if isinstance(index, int) else 0,
+                                           _ToolCallParts())
+            if isinstance(call.get("id"), str):
+                parts.id = call["id"]
+            function = call.get("function")
+            if isinstance(function, Mapping):
+                if isinstance(function.get("name"), str):
+                    parts.name += function["name"]
+                if isinstance(function.get("arguments"), str):
+                    parts.arguments.append(function["arguments"])
+
+    def _flush_tools(self) -> list[AgentEvent]:
+        out = []
+        for index in sorted(self._tools):
+            payload = self._tools[index].payload()
+            out.append(AgentEvent("tool_call", json.dumps(payload), payload))
+        self._tools.clear()
+        return out
+
+    def finish(self) -> list[AgentEvent]:
+        """No ``[DONE]``: a finish_reason already seen still ends the turn well."""
+        if self._finish is None:
+            raise DownstreamError("agent closed the stream without a final chunk")
+        return [*self._flush_tools(), _done(self._finish, self._usage)]
+
+    def reply(self, body: Any) -> dict[str, Any]:
+        """A non-streamed completion as ``{text, tool_calls, usage}``."""
+        try:
+            message = body["choices"][0]["message"]
+            text = message.get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise DownstreamError("agent answered without a choice") from None
+        calls = []
+        for call in message.get("tool_calls") or []:
+            parts = _ToolCallParts(id=str(call.get("id", "")))
+            function = call.get("function") or {}
+            parts.name = str(function.get("name", ""))
+            parts.arguments.append(str(function.get("arguments", "")))
+            calls.append(parts.payload())
+        return {"text": text, "tool_calls": calls, "usage": _usage(body.get("usage"))}
+
+
+Dialect = NativeDialect | OpenAIDialect
+
+
+def _record(breaker: CircuitBreaker | None, ok: bool) -> None:
+    if breaker is not None:
+        if ok:
+            breaker.record_success()
+        else:
+            breaker.record_failure()
+
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_SSE_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+class AgentStream:
+    """An open streamed turn: iterate :meth:`events`, then :meth:`close`."""
+
+    def __init__(self, response: aiohttp.ClientResponse, dialect: Dialect,
+                 breaker: CircuitBreaker | None) -> None:
+        self._response = response
+        self._dialect = dialect
+        self._breaker = breaker
+        self._ended = False
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        """Agent events as each completes; ends after ``done``/``error`` (raises on garbage)."""
+        parser = SseParser()
+        translate = self._dialect.translate
+        try:
+            async for chunk in self._response.content.iter_any():
+                for sse in parser.feed(chunk):
+                    for event in translate(sse):
+                        yield event
+                        if event.kind == "done" or event.kind == "error":
+                            self._end(event.kind == "done")
+                            return
+            for event in self._dialect.finish():
+                yield event
+            self._end(True)
+        except (SseProtocolError, DownstreamError) as exc:
+            self._end(False)
+            raise DownstreamError(str(exc) if isinstance(exc, SseProtocolError)
+                                  else exc.message) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            self._end(False)
+            raise DownstreamError("agent connection broke mid-stream") from None
+
+    def _end(self, ok: bool) -> None:
+        if not self._ended:
+            self._ended = True
+            _record(self._breaker, ok)
+
+    def close(self) -> None:
+        """Drop the upstream connection now (cancel) unless the stream ended cleanly."""
+        if not self._response.closed:
+            self._response.close()
+
+
+class AgentClient:
+    """Talks to the agent through the upstream's one persistent session."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: yarl.URL, *,
+                 protocol: str = "native", model: str = "luki-agent",
+                 breaker: CircuitBreaker | None = None, timeout_s: float = 30.0,
+                 connect_timeout_s: float = 2.0) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.protocol = protocol
+        self.model = model
+        self.breaker = breaker
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+
+    def url(self, path: str) -> yarl.URL:
+        """The agent URL for ``path`` under the configured base (which may have a path)."""
+        return self.base_url.with_path(self.base_url.path.rstrip("/") + path)
+
+    def dialect(self) -> Dialect:
+        """A fresh dialect (OpenAI keeps per-stream state)."""
+        return OpenAIDialect(self.model) if self.protocol == "openai" else NativeDialect()
+
+    async def complete(self, turn: AgentRequest, headers: Mapping[str, str]) -> dict[str, Any]:
+        """A whole turn in one request: ``{text, tool_calls, usage}``."""
+        dialect = self.dialect()
+        if self.breaker is not None:
+            self.breaker.before_request()
+        try:
+            async with self.session.post(
+                self.url(dialect.path_sync), json=dialect.body(turn, False),
+                headers={**headers, **_JSON_HEADERS},
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as response:
+                if response.status >= 400:
+                    _record(self.breaker, response.status < 500)
+                    raise DownstreamError(details={"upstream_status": response.status})
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    _record(self.breaker, False)
+                    raise DownstreamError("agent answered with invalid JSON") from None
+        except TimeoutError:
+            _record(self.breaker, False)
+            raise DownstreamTimeout() from None
+        except aiohttp.ClientError:
+            _record(self.breaker, False)
+            raise DownstreamUnavailable() from None
+        reply = dialect.reply(body)
+        _record(self.breaker, True)
+        return reply
+
+    async def open_stream(self, turn: AgentRequest, headers: Mapping[str, str]) -> AgentStream:
+        """Send the streamed request; the caller bounds the wait for headers."""
+        dialect = self.dialect()
+        if self.breaker is not None:
+            self.breaker.before_request()
+        try:
+            # No total or read timeout here: the relay owns first-token and idle timeouts.
+            response = await self.session.post(
+                self.url(dialect.path_stream), json=dialect.body(turn, True),
+                headers={**headers, **_SSE_HEADERS},
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None,
+                                              connect=self.connect_timeout_s))
+        except aiohttp.ClientError:
+            _record(self.breaker, False)
+            raise DownstreamUnavailable() from None
+        if response.status >= 400:
+            response.release()
+            _record(self.breaker, response.status < 500)
+            if response.status == 503:
+                raise DownstreamUnavailable(details={"upstream_status": response.status})
+            raise DownstreamError(details={"upstream_status": response.status})
+        return AgentStream(response, dialect, self.breaker)
