@@ -69,7 +69,8 @@ class RatePolicies:
         scope = _SCOPE_BY_KIND.get(principal.kind)
         if scope is None:
             return "anon", ip
-        ident = principal.id if principal.kind == "api_key" else principal.subject
+        ident = principal.id.removeprefix("key:") if principal.kind == "api_key" \
+            else principal.subject
         return scope, ident
 
     def windows_for(self, principal: Principal, ip: str) -> tuple[Window, ...]:
