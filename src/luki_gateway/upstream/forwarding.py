@@ -1,0 +1,124 @@
+"""Header hygiene for proxied requests and responses.
+
+One pass over the incoming headers builds the one copy the upstream gets: hop-by-hop
+headers and those named in ``Connection`` dropped, client ``X-LUKi-*`` and forwarding
+headers replaced by ours, trace headers set, identity added from the principal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..auth.principal import PRINCIPAL
+from ..tracing import trace_of
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 9110 7.6.1 plus the legacy proxy ones; never forwarded in either direction.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+})
+
+# Request headers the gateway sets itself (dropped from the client's copy).
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host", "content-length", "expect", "x-request-id", "traceparent", "tracestate",
+    # The gateway consumed the credential; upstreams get X-LUKi-* identity instead.
+    "authorization",
+}
+# Only believed when the peer is a trusted proxy.
+_FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto",
+                         "x-forwarded-host", "x-real-ip"})
+_LUKI = "x-luki-"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingPolicy:
+    """Which peers may pass their own forwarding headers through (trusted proxies)."""
+
+    trusted: tuple[IpNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, trusted_proxies: Iterable[str]) -> ForwardingPolicy:
+        """Networks from ``TRUSTED_PROXIES`` entries (addresses or CIDRs)."""
+        return cls(tuple(ipaddress.ip_network(p.strip(), strict=False)
+                         for p in trusted_proxies if p.strip()))
+
+    def trusts(self, remote: str | None) -> bool:
+        """True when ``remote`` is one of the trusted proxies."""
+        if not self.trusted or not remote:
+            return False
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted)
+
+
+def _connection_tokens(value: str) -> frozenset[str]:
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def _forwarded_node(remote: str) -> str:
+    # RFC 7239 6: IPv6 addresses are bracketed and the value quoted.
+    return f'"[{remote}]"' if ":" in remote else remote
+
+
+def request_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiDict[str]:
+    """The headers to send upstream for ``request`` (one copy, built in one pass)."""
+    incoming = request.headers
+    trusted = policy.trusts(request.remote)
+    connection = incoming.get("Connection")
+    named = _connection_tokens(connection) if connection else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lname = name.lower()
+        if lname in _REQUEST_DROP or lname in named or lname.startswith(_LUKI):
+            continue
+        if lname in _FORWARDING and not trusted:
+            continue
+        out.add(name, value)
+
+    remote = request.remote or "unknown"
+    host = incoming.get("Host", "")
+    proto = request.scheme
+    prior_for = out.popall("X-Forwarded-For", None) if trusted else None
+    out["X-Forwarded-For"] = ", ".join([*prior_for, remote]) if prior_for else remote
+    if not trusted or "X-Forwarded-Proto" not in out:
+        out["X-Forwarded-Proto"] = proto
+    if not trusted or "X-Forwarded-Host" not in out:
+        out["X-Forwarded-Host"] = host
+    element = f"for={_forwarded_node(remote)};proto={proto}"
+    if host:
+        element += f';host="{host}"'
+    prior = out.popall("Forwarded", None) if trusted else None
+    out["Forwarded"] = ", ".join([*prior, element]) if prior else element
+
+    trace = trace_of(request)
+    out["X-Request-ID"] = trace.request_id
+    out["traceparent"] = trace.traceparent
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        out["X-LUKi-Principal"] = principal.subject
+        out["X-LUKi-Scopes"] = " ".join(sorted(principal.scopes))
+        out["X-LUKi-Auth-Type"] = principal.kind
+    return out
+
+
+def response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """Upstream response headers minus hop-by-hop ones and those named in Connection."""
+    connection = upstream_headers.get("Connection")
+    named = _connection_tokens(connection) if connection else frozenset()
+    drop = HOP_BY_HOP
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream_headers.items():
+        lname = name.lower()
+        if lname in drop or lname in named:
+            continue
+        out.add(name, value)
+    return out

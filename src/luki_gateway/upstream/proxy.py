@@ -1,0 +1,319 @@
+"""The streaming reverse proxy: one request in, one upstream call, one response out.
+
+Small, length-delimited upstream bodies are read whole and answered with one
+``web.Response`` (the fast path); large, unknown-length and event-stream bodies are
+streamed chunk by chunk both ways with flat memory. Failures before the first byte map
+to the error shape; failures after it close the client connection, so a truncated body
+is never presented as a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..errors import (
+    CircuitOpen,
+    DownstreamError,
+    DownstreamTimeout,
+    DownstreamUnavailable,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from ..settings import Settings
+from .forwarding import ForwardingPolicy, request_headers, response_headers
+from .metrics import UPSTREAM_METRICS, UpstreamMetrics
+from .paths import needs_normalising, normalise
+from .routes import IDEMPOTENT_METHODS, Route, RouteTable
+from .sessions import Upstream
+
+log = structlog.get_logger("luki.proxy")
+
+_CLIENT_CHECK_S = 0.5  # how often an idle stream checks that its client is still there
+_MAX_BACKOFF_S = 1.0
+_CLIENT_GONE_STATUS = 499  # nginx's "client closed request", for logs and metrics
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Everything the proxy needs per request, resolved once at start-up."""
+
+    table: RouteTable
+    policy: ForwardingPolicy
+    retries: int
+    backoff_s: float
+    small_body_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProxyConfig:
+        """The proxy configuration for ``settings``."""
+        cfg = settings.upstream
+        return cls(table=RouteTable.from_settings(settings),
+                   policy=ForwardingPolicy.parse(settings.trusted_proxies),
+                   retries=cfg.retries, backoff_s=cfg.retry_backoff_s,
+                   small_body_bytes=cfg.small_body_bytes)
+
+
+PROXY = web.AppKey("proxy", ProxyConfig)
+
+
+class _Upload:
+    """A streamed request body, counted against the route's limit as it passes."""
+
+    __slots__ = ("client_failed", "limit", "too_large")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.too_large = False
+        self.client_failed = False
+
+    async def chunks(self, content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+        """Yield the client's body; stop with PayloadTooLarge past the limit."""
+        seen = 0
+        while True:
+            try:
+                chunk = await content.readany()
+            except Exception:
+                self.client_failed = True  # client vanished or sent a broken body
+                raise
+            if not chunk:
+                return
+            seen += len(chunk)
+            if seen > self.limit:
+                self.too_large = True
+                raise PayloadTooLarge(details={"max_bytes": self.limit})
+            yield chunk
+
+
+class _ClientWatch:
+    """Interrupts an idle stream whose client has gone (aiohttp does not cancel handlers)."""
+
+    __slots__ = ("_handle", "_loop", "_request", "_scope", "gone")
+
+    def __init__(self, request: web.Request, scope: asyncio.Timeout) -> None:
+        self._request = request
+        self._scope = scope
+        self._loop = asyncio.get_running_loop()
+        self.gone = False
+        self._handle = self._loop.call_later(_CLIENT_CHECK_S, self._check)
+
+    def _check(self) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            self.gone = True
+            self._scope.reschedule(self._loop.time())  # ends the scope with TimeoutError
+            return
+        self._handle = self._loop.call_later(_CLIENT_CHECK_S, self._check)
+
+    def stop(self) -> None:
+        """Stop checking."""
+        self._handle.cancel()
+
+
+def _target(upstream: Upstream, route: Route, request: web.Request) -> URL:
+    rel = request.rel_url
+    path = rel.raw_path
+    if needs_normalising(path):
+        path = normalise(path)
+        if not route.owns(path):
+            raise NotFound("path leaves the route's prefix")
+    target = str(upstream.base_url) + route.upstream_path(path)
+    query = rel.raw_query_string
+    if query:
+        target = f"{target}?{query}"
+    return URL(target, encoded=True)
+
+
+def _classify(exc: BaseException) -> tuple[str, GatewayError, bool]:
+    """(metric kind, error for the client, retryable) for a failure before headers."""
+    if isinstance(exc, TimeoutError):
+        # connect timeouts included: the request may still have been accepted upstream
+        return "timeout", DownstreamTimeout(), False
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect", DownstreamUnavailable(), True
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+                  | aiohttp.ClientPayloadError):
+        # A stale keep-alive connection closed under us is the classic retryable case.
+        return "reset", DownstreamError("upstream closed the connection"), True
+    return "bad_response", DownstreamError(), False
+
+
+def _backoff(base_s: float, attempt: int) -> float:
+    # Full jitter around an exponential step, so retries from many requests spread out.
+    return min(_MAX_BACKOFF_S, base_s * 2.0 ** attempt) * random.uniform(0.5, 1.5)
+
+
+def _is_stream(resp: aiohttp.ClientResponse, small: int) -> bool:
+    if resp.status in (204, 304) or resp.method == "HEAD":
+        return False  # no body by definition
+    length = resp.content_length
+    if length is None or length > small:
+        return True
+    return resp.content_type == "text/event-stream"
+
+
+async def forward(request: web.Request, route: Route, upstream: Upstream,
+                  config: ProxyConfig) -> web.StreamResponse:
+    """Proxy ``request`` along ``route`` to ``upstream``; the response, or a GatewayError."""
+    method = request.method
+    if method not in route.methods:
+        raise MethodNotAllowed(headers={"Allow": route.allow_header})
+    url = _target(upstream, route, request)
+    length = request.content_length
+    if length is not None and length > route.max_body_bytes:
+        raise PayloadTooLarge(details={"max_bytes": route.max_body_bytes})
+    headers = request_headers(request, config.policy)
+    upload: _Upload | None = None
+    body: bytes | AsyncIterator[bytes] | None = None
+    if request.body_exists:
+        if length is not None and length <= config.small_body_bytes:
+            body = await request.read()
+        else:
+            upload = _Upload(route.max_body_bytes)
+            body = upload.chunks(request.content)
+            if length is not None:
+                headers["Content-Length"] = str(length)
+    elif length == 0:
+        body = b""
+    replayable = upload is None
+    attempts = 1
+    if route.retries and replayable and method in IDEMPOTENT_METHODS:
+        attempts += config.retries
+    metrics = request.app[UPSTREAM_METRICS]
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            return await _attempt(request, route, upstream, config, metrics, url, headers,
+                                  body, upload, retry_allowed=not last)
+        except _Retry as retry:
+            log.info("upstream retry", upstream=upstream.name, attempt=attempt + 1,
+                     kind=retry.kind)
+            await asyncio.sleep(_backoff(config.backoff_s, attempt))
+    raise AssertionError("unreachable: the last attempt never retries")
+
+
+class _Retry(Exception):
+    """The attempt failed before any byte reached the client and may be repeated."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+async def _attempt(request: web.Request, route: Route, upstream: Upstream,
+                   config: ProxyConfig, metrics: UpstreamMetrics, url: URL,
+                   headers: CIMultiDict[str], body: bytes | AsyncIterator[bytes] | None,
+                   upload: _Upload | None, *, retry_allowed: bool) -> web.StreamResponse:
+    name = upstream.name
+    breaker = upstream.breaker
+    try:
+        breaker.before_request()
+    except CircuitOpen:
+        metrics.errors.labels(name, "circuit_open").inc()
+        raise
+    start = time.perf_counter()
+    data = b""
+    try:
+        async with asyncio.timeout(route.timeout_s):
+            resp = await upstream.session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False)
+            streaming = _is_stream(resp, config.small_body_bytes)
+            if not streaming:
+                try:
+                    data = await resp.read()
+                finally:
+                    resp.release()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        if upload is not None and upload.too_large:
+            raise PayloadTooLarge(details={"max_bytes": upload.limit}) from None
+        if upload is not None and upload.client_failed:
+            return _client_left(request)
+        kind, error, retryable = _classify(exc)
+        metrics.errors.labels(name, kind).inc()
+        breaker.record_failure()
+        if retryable and retry_allowed:
+            raise _Retry(kind) from exc
+        log.warning("upstream failed", upstream=name, kind=kind, error=type(exc).__name__)
+        raise error from None
+    except PayloadTooLarge:
+        raise
+    metrics.duration.labels(name).observe(time.perf_counter() - start)
+    status = resp.status
+    metrics.requests.labels(name, str(status)).inc()
+    if status >= 500:
+        breaker.record_failure()
+    else:
+        breaker.record_success()
+    if not streaming:
+        return web.Response(status=status, reason=resp.reason, body=data,
+                            headers=response_headers(resp.headers))
+    return await _stream(request, resp, upstream, metrics)
+
+
+def _client_left(request: web.Request) -> web.StreamResponse:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return web.Response(status=_CLIENT_GONE_STATUS)
+
+
+async def _stream(request: web.Request, resp: aiohttp.ClientResponse, upstream: Upstream,
+                  metrics: UpstreamMetrics) -> web.StreamResponse:
+    """Relay a large or open-ended body chunk by chunk, with flat memory."""
+    response = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                  headers=response_headers(resp.headers))
+    content = resp.content
+    complete = False
+    try:
+        await response.prepare(request)
+        async with asyncio.timeout(None) as scope:
+            watch = _ClientWatch(request, scope)
+            try:
+                while True:
+                    try:
+                        chunk = await content.readany()
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        if watch.gone:
+                            raise
+                        _upstream_broke(upstream, metrics, exc)
+                        break
+                    if not chunk:
+                        complete = True
+                        break
+                    await response.write(chunk)
+            finally:
+                watch.stop()
+    except (ConnectionError, TimeoutError):
+        complete = False  # the client left mid-download
+    finally:
+        if complete:
+            resp.release()
+        else:
+            resp.close()  # never return a half-read connection to the pool
+    if not complete:
+        # Closing the connection is the only honest end of a truncated body.
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+def _upstream_broke(upstream: Upstream, metrics: UpstreamMetrics, exc: BaseException) -> None:
+    kind = "timeout" if isinstance(exc, TimeoutError) else "reset"
+    metrics.errors.labels(upstream.name, kind).inc()
+    upstream.breaker.record_failure()
+    log.warning("upstream broke mid-body", upstream=upstream.name, kind=kind,
+                error=type(exc).__name__)
