@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.chat.sse_client import read_events
 from tests.conftest import bearer
 
@@ -30,3 +32,99 @@ async def test_sse_relays_tokens_then_one_done(start_agent: Callable[..., Any],
     assert done["usage"] == {"input_tokens": 2, "output_tokens": 5}
     assert done["turn_id"] == turn_id
     assert done["trace_id"] == resp.headers["traceparent"].split("-")[1]
+
+
+async def test_get_stream_with_message_query(start_agent: Callable[..., Any],
+                                             chat_gateway: Callable[..., Any]) -> None:
+    """GET /v1/chat/stream?message=... (for EventSource) relays the same way."""
+    agent = await start_agent(tokens=3)
+    client = await chat_gateway(agent)
+    resp = await client.get("/v1/chat/stream", params={"message": "hi"}, headers=bearer())
+    assert resp.status == 200
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["token", "token", "token", "done"]
+
+
+async def test_tool_call_is_relayed_before_done(start_agent: Callable[..., Any],
+                                                chat_gateway: Callable[..., Any]) -> None:
+    """A tool_call event is forwarded whole and the turn ends with finish_reason tool_calls."""
+    agent = await start_agent(tokens=2, tool_call=True)
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json={"message": "remember"},
+                             headers=bearer())
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["token", "token", "tool_call", "done"]
+    assert events[2].data["name"] == "lookup_memory"
+    assert events[2].data["arguments"] == {"query": "remember", "limit": 3}
+    assert events[-1].data["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({}, 422),
+    ({"message": ""}, 422),
+    ({"message": 5}, 422),
+    ({"message": "x" * 40000}, 422),
+    ({"message": "hi", "context": [1, 2]}, 422),
+    ({"message": "hi", "context": {"blob": "x" * 70000}}, 422),
+    ({"message": "hi", "surprise": True}, 422),
+])
+async def test_stream_refuses_bad_bodies(start_agent: Callable[..., Any],
+                                         chat_gateway: Callable[..., Any],
+                                         body: dict[str, Any], status: int) -> None:
+    """Malformed or oversized bodies get VALIDATION_ERROR before any upstream call."""
+    agent = await start_agent()
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json=body, headers=bearer())
+    assert resp.status == status
+    assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
+    assert agent.log.streams == []
+
+
+async def test_stream_refuses_non_json(start_agent: Callable[..., Any],
+                                       chat_gateway: Callable[..., Any]) -> None:
+    """A body that is not JSON is a 400 VALIDATION_ERROR."""
+    agent = await start_agent()
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", data=b"{nope", headers=bearer())
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_get_stream_refuses_long_query_message(start_agent: Callable[..., Any],
+                                                     chat_gateway: Callable[..., Any]) -> None:
+    """GET messages are for short prompts; long ones must be POSTed."""
+    agent = await start_agent()
+    client = await chat_gateway(agent)
+    resp = await client.get("/v1/chat/stream", params={"message": "y" * 3000},
+                            headers=bearer())
+    assert resp.status == 400
+
+
+async def test_stream_needs_auth_and_scope(start_agent: Callable[..., Any],
+                                           chat_gateway: Callable[..., Any]) -> None:
+    """No token is 401; a token without chat:write is 403."""
+    agent = await start_agent()
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"})
+    assert resp.status == 401
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"},
+                             headers=bearer(scopes=("elr:read",)))
+    assert resp.status == 403
+    assert agent.log.streams == []
+
+
+async def test_acting_for_another_user_needs_act_as(start_agent: Callable[..., Any],
+                                                    chat_gateway: Callable[..., Any]) -> None:
+    """user_id of someone else is refused without chat:act_as and allowed with it."""
+    agent = await start_agent(tokens=1)
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json={"message": "hi", "user_id": "bob"},
+                             headers=bearer("alice"))
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "INSUFFICIENT_SCOPE"
+    resp = await client.post("/v1/chat/stream", json={"message": "hi", "user_id": "alice"},
+                             headers=bearer("alice"))
+    assert [e.event for e in await read_events(resp)] == ["token", "done"]
+    resp = await client.post("/v1/chat/stream", json={"message": "hi", "user_id": "bob"},
+                             headers=bearer("alice", ("chat:write", "chat:act_as")))
+    assert [e.event for e in await read_events(resp)] == ["token", "done"]

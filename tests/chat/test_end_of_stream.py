@@ -1,0 +1,136 @@
+"""The end-of-stream contract: exactly one done or error, whatever the agent does."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.chat.sse_client import read_events
+from tests.conftest import bearer
+
+
+def _agent(**behaviour: Any) -> dict[str, Any]:
+    return {"message": "hello", "context": {"agent": behaviour}}
+
+
+@pytest.mark.parametrize(("behaviour", "code"), [
+    ({"failure": "early_close", "after": 2}, "DOWNSTREAM_ERROR"),
+    ({"failure": "early_close", "after": 0}, "DOWNSTREAM_ERROR"),
+    ({"failure": "garbage", "after": 1}, "DOWNSTREAM_ERROR"),
+    ({"failure": "bad_utf8", "after": 1}, "DOWNSTREAM_ERROR"),
+    ({"failure": "error", "after": 3}, "DOWNSTREAM_ERROR"),
+    ({"failure": "http_error"}, "DOWNSTREAM_ERROR"),
+    ({"failure": "stall", "after": 2}, "DOWNSTREAM_TIMEOUT"),
+    ({"failure": "stall", "after": 0}, "DOWNSTREAM_TIMEOUT"),
+    ({"first_token_delay_s": 5.0}, "DOWNSTREAM_TIMEOUT"),
+])
+async def test_agent_failures_end_with_one_error(start_agent: Callable[..., Any],
+                                                 chat_gateway: Callable[..., Any],
+                                                 behaviour: dict[str, Any], code: str) -> None:
+    """Each misbehaviour ends the stream with exactly one error event of the right code."""
+    agent = await start_agent(tokens=5)
+    client = await chat_gateway(agent, chat={"first_token_timeout_s": 0.4,
+                                             "idle_timeout_s": 0.3})
+    resp = await client.post("/v1/chat/stream", json=_agent(**behaviour), headers=bearer())
+    assert resp.status == 200
+    events = await read_events(resp)
+    kinds = [e.event for e in events]
+    assert kinds[-1] == "error"
+    assert kinds.count("error") == 1 and "done" not in kinds
+    assert set(kinds[:-1]) <= {"token"}
+    error = events[-1].data["error"]
+    assert error["code"] == code
+    assert error["trace_id"] == resp.headers["traceparent"].split("-")[1]
+    seqs = [int(e.id.rsplit(":", 1)[1]) for e in events if e.id]
+    assert seqs == list(range(1, len(events) + 1))
+
+
+async def test_stalled_agent_is_cancelled_after_timeout(start_agent: Callable[..., Any],
+                                                        chat_gateway: Callable[..., Any]
+                                                        ) -> None:
+    """After an idle timeout the gateway drops the upstream request (the agent sees it)."""
+    agent = await start_agent(tokens=5)
+    client = await chat_gateway(agent, chat={"idle_timeout_s": 0.3})
+    resp = await client.post("/v1/chat/stream", json=_agent(failure="stall", after=1),
+                             headers=bearer())
+    await read_events(resp)
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 2.0)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_agent_down_is_downstream_unavailable(gateway: Callable[..., Any]) -> None:
+    """Nothing listening at AGENT_URL: the stream ends with DOWNSTREAM_UNAVAILABLE."""
+    client = await gateway(upstreams={"agent": f"http://127.0.0.1:{_closed_port()}"})
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["error"]
+    assert events[0].data["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
+
+
+async def test_open_circuit_is_reported(gateway: Callable[..., Any]) -> None:
+    """After repeated failures the breaker opens and turns end with CIRCUIT_OPEN."""
+    client = await gateway(upstreams={"agent": f"http://127.0.0.1:{_closed_port()}"},
+                           upstream={"breaker_failures": 2, "breaker_window": 2})
+    codes = []
+    for _ in range(4):
+        resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+        codes.append((await read_events(resp))[-1].data["error"]["code"])
+    assert codes[:2] == ["DOWNSTREAM_UNAVAILABLE"] * 2
+    assert codes[-1] == "CIRCUIT_OPEN"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+async def test_client_disconnect_cancels_upstream_within_1s(
+        start_agent: Callable[..., Any], chat_gateway: Callable[..., Any],
+        resume: bool) -> None:
+    """The client leaving mid-stream cancels the upstream request within a second."""
+    agent = await start_agent(tokens=1000, tokens_per_s=20.0)
+    client = await chat_gateway(agent, chat={"resume": resume, "resume_grace_s": 0.0})
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    await read_events(resp, stop_after=2)
+    resp.close()
+    left = time.monotonic()
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    assert agent.log.cancelled[0].ended_at is not None
+    assert agent.log.cancelled[0].ended_at - left < 1.0
+
+
+async def test_client_disconnect_while_agent_is_silent(start_agent: Callable[..., Any],
+                                                       chat_gateway: Callable[..., Any]
+                                                       ) -> None:
+    """Even with no token flowing (nothing to write), a gone client is noticed within 1 s."""
+    agent = await start_agent(tokens=5)
+    client = await chat_gateway(agent, chat={"resume": False})
+    resp = await client.post("/v1/chat/stream", json=_agent(failure="stall", after=1),
+                             headers=bearer())
+    await read_events(resp, stop_after=1)
+    resp.close()
+    left = time.monotonic()
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    ended_at = agent.log.cancelled[0].ended_at
+    assert ended_at is not None and ended_at - left < 1.0
+
+
+async def test_heartbeat_comment_on_a_quiet_stream(start_agent: Callable[..., Any],
+                                                   chat_gateway: Callable[..., Any]) -> None:
+    """A quiet stream gets the keep-alive comment at the heartbeat interval."""
+    agent = await start_agent(tokens=2, first_token_delay_s=0.8)
+    client = await chat_gateway(agent, hub={"sse_heartbeat_s": 0.3})
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    raw = b""
+    async with asyncio.timeout(5):
+        async for chunk in resp.content.iter_any():
+            raw += chunk
+    assert b": keep-alive\n\n" in raw
+    assert raw.count(b"event: done") == 1

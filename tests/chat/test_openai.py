@@ -1,0 +1,73 @@
+"""The OpenAI-compatible agent dialect, end to end against the reference agent's mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.chat.sse_client import read_events
+from tests.conftest import bearer
+
+OPENAI = {"agent_protocol": "openai"}
+
+
+async def test_openai_stream_maps_to_tokens_and_done(start_agent: Callable[..., Any],
+                                                     chat_gateway: Callable[..., Any]) -> None:
+    """delta.content becomes token events, finish_reason and usage become done."""
+    agent = await start_agent(tokens=4)
+    client = await chat_gateway(agent, chat=OPENAI)
+    resp = await client.post("/v1/chat/stream", json={"message": "hi there"},
+                             headers=bearer())
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["token"] * 4 + ["done"]
+    assert events[0].data == {"text": "You said 8 characters. "}
+    assert events[-1].data["finish_reason"] == "stop"
+    assert events[-1].data["usage"] == {"input_tokens": 2, "output_tokens": 4}
+
+
+async def test_openai_tool_call_fragments_are_joined(start_agent: Callable[..., Any],
+                                                     chat_gateway: Callable[..., Any]) -> None:
+    """Argument fragments are accumulated into one tool_call with parsed arguments."""
+    agent = await start_agent(tokens=1, tool_call=True)
+    client = await chat_gateway(agent, chat=OPENAI)
+    resp = await client.post("/v1/chat/stream", json={"message": "recall"}, headers=bearer())
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["token", "tool_call", "done"]
+    assert events[1].data == {"id": "call_1", "name": "lookup_memory",
+                              "arguments": {"query": "recall", "limit": 3}}
+    assert events[-1].data["finish_reason"] == "tool_calls"
+
+
+async def test_openai_without_usage_counts_tokens(start_agent: Callable[..., Any],
+                                                  chat_gateway: Callable[..., Any]) -> None:
+    """No usage chunk from the server: the gateway counts the tokens it relayed."""
+    agent = await start_agent(tokens=3, report_usage=False)
+    client = await chat_gateway(agent, chat=OPENAI)
+    resp = await client.post("/v1/chat/stream", json={"message": "a b c d"}, headers=bearer())
+    events = await read_events(resp)
+    assert events[-1].data["usage"] == {"input_tokens": 4, "output_tokens": 3}
+
+
+async def test_openai_early_close_and_garbage(start_agent: Callable[..., Any],
+                                              chat_gateway: Callable[..., Any]) -> None:
+    """No [DONE] nor finish_reason, or a chunk that is not JSON: DOWNSTREAM_ERROR."""
+    for failure in ("early_close", "garbage", "error"):
+        agent = await start_agent(tokens=3, failure=failure, after=1)
+        client = await chat_gateway(agent, chat=OPENAI)
+        resp = await client.post("/v1/chat/stream", json={"message": "x"}, headers=bearer())
+        events = await read_events(resp)
+        assert [e.event for e in events] == ["token", "error"], failure
+        assert events[-1].data["error"]["code"] == "DOWNSTREAM_ERROR"
+
+
+async def test_openai_sync_completion(start_agent: Callable[..., Any],
+                                      chat_gateway: Callable[..., Any]) -> None:
+    """POST /v1/chat over the OpenAI dialect maps the message and usage."""
+    agent = await start_agent(tokens=2, tool_call=True)
+    client = await chat_gateway(agent, chat=OPENAI)
+    resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
+    body = await resp.json()
+    assert body["text"] == "You said 2 characters. LUKi "
+    assert body["tool_calls"] == [{"id": "call_1", "name": "lookup_memory",
+                                   "arguments": {"query": "hi", "limit": 3}}]
+    assert body["meta"]["usage"] == {"input_tokens": 1, "output_tokens": 2}
