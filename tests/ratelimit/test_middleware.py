@@ -7,10 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from luki_gateway.app import create_app
+from luki_gateway.auth.principal import Principal
+from luki_gateway.ratelimit.leases import LEASES
+from luki_gateway.ratelimit.quotas import TOKEN_QUOTA
 from luki_gateway.routes.access import RouteAccess, declare
 from luki_gateway.settings import Settings
 
@@ -287,3 +291,32 @@ async def test_frozen_redis_adds_bounded_latency(limited_gateway: Callable[..., 
     latencies = sorted(t for _, t in results)
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert p99 < 0.2 + 0.3 + baseline[-1]  # timeout + margin for a shared 2-core machine
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_every_key_the_rate_limit_area_writes_has_a_ttl(
+        limited_gateway: Callable[..., Any], backend: str, redis_url: str) -> None:
+    """After a mixed workload (limits, 429s, leases, quotas), every lgw:rl/lease key expires."""
+    client = await limited_gateway(**limited(3, 10, global_per_min=100, per_ip_per_min=50,
+                                             max_streams=2, daily_output_tokens=100))
+    app = client.server.app
+    for user in ("a", "b"):
+        for _ in range(4):
+            await client.get("/v1/test/ping", headers=bearer(user))
+        await client.get("/v1/test/report", headers=bearer(user))
+        await client.get("/v1/usage", headers=bearer(user))
+    principal = Principal(id="jwt:a", kind="jwt", subject="a", scopes=frozenset())
+    lease = await app[LEASES].acquire(principal, "sse")
+    await app[LEASES].refresh()
+    await app[TOKEN_QUOTA].charge(principal, 42)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = sorted([k async for k in raw.scan_iter(match="lgw:*")])
+        mine = [k for k in keys if k.startswith((b"lgw:rl:", b"lgw:lease:"))]
+        assert {k.split(b":")[1] for k in mine} == {b"rl", b"lease"}
+        assert len(mine) >= 8
+        for key in mine:
+            assert await raw.pttl(key) > 0, key
+    finally:
+        await lease.release()
+        await raw.aclose()
