@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+import structlog
 from aiohttp import web
 
 from ..auth.principal import Principal
@@ -20,12 +21,21 @@ from .decision import Window
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+log = structlog.get_logger("luki.ratelimit")
+
 _SCOPE_BY_KIND = {"api_key": "key", "jwt": "user", "service": "service"}
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """Trusted proxies as networks (a bare address is a /32 or /128)."""
-    return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip())
+    """Trusted proxies as networks (a bare address is a /32 or /128); bad entries skipped."""
+    networks: list[IPNetwork] = []
+    for entry in (e.strip() for e in entries if e.strip()):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            # Not trusting a garbled entry only means its X-Forwarded-For is not believed.
+            log.warning("ignoring invalid trusted proxy", entry=entry)
+    return tuple(networks)
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
