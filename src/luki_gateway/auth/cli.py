@@ -1,12 +1,205 @@
-"""`keys` and `token` commands (placeholder until the auth issue lands)."""
+"""`keys create|list|revoke` and `token`: machine output on stdout, the rest on stderr."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
+import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+
+from ..settings import Settings
+from .api_keys import open_store
+from .dev import mint_dev_token
+from .key_record import KEY_ENVS, ApiKeyRecord, KeyEnv, generate_key, hash_key, new_record
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """'30d', '12h', '15m', '90s' or plain seconds -> seconds (> 0)."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None or int(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30d, 12h, 3600)")
+    return int(match[1]) * _UNIT_S[match[2]]
+
+
+def _err(message: str) -> None:
+    print(f"luki-gateway: {message}", file=sys.stderr)
+
+
+def _when(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from ..cli import settings_from_args  # the shared flag/env/TOML precedence
+
+    extra: dict[str, Any] = {}
+    if getattr(args, "keys_file", None):
+        extra["auth"] = {"api_keys_file": args.keys_file}
+    return settings_from_args(args, **extra)
+
+
+def _persistent(settings: Settings) -> bool:
+    return bool(settings.redis_url or settings.auth.api_keys_file)
+
+
+def _record_json(record: ApiKeyRecord, now: float) -> dict[str, Any]:
+    return {"id": record.id, "display": record.display, "owner": record.owner,
+            "scopes": list(record.scopes), "env": record.env, "tenant": record.tenant,
+            "created_at": _when(record.created_at), "last_used_at": _when(record.last_used_at),
+            "expires_at": _when(record.expires_at), "status": record.status(now)}
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create a key, print it once on stdout."""
+    settings = _settings(args)
+    if not _persistent(settings):
+        _err("no key store: set API_KEYS_FILE (or --keys-file) or REDIS_URL")
+        return 2
+    env: KeyEnv = args.env
+    if env != "live" and settings.is_production and not settings.auth.allow_test_keys_in_production:
+        _err(f"warning: sk_{env}_ keys are refused by a production gateway")
+    key = generate_key(env)
+    now = time.time()
+    record = new_record(key, pepper=settings.auth.api_key_pepper, owner=args.owner,
+                        scopes=tuple(dict.fromkeys(args.scope)), tenant=args.tenant,
+                        expires_at=now + args.expires if args.expires else None, now=now)
+
+    async def run() -> None:
+        store = open_store(settings)
+        try:
+            await store.add(record)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    if args.json:
+        print(json.dumps({"key": key, **_record_json(record, now)}))
+    else:
+        print(key)
+        _err(f"created key {record.id} ({record.display}) for {record.owner}, scopes: "
+             f"{' '.join(record.scopes) or '-'}; store it now, it is not shown again")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List keys: id, prefix…last4, owner, scopes, created, last used, status."""
+    settings = _settings(args)
+
+    async def run() -> list[ApiKeyRecord]:
+        store = open_store(settings)
+        try:
+            return await store.list()
+        finally:
+            await store.close()
+
+    records = asyncio.run(run())
+    now = time.time()
+    rows = [_record_json(r, now) for r in records]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    columns = ("id", "display", "owner", "scopes", "created_at", "last_used_at", "status")
+    table = [[",".join(row[c]) if c == "scopes" else str(row[c] or "-") for c in columns]
+             for row in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in table]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for line in table:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+    if not rows:
+        _err("no keys")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke by id or by the whole key."""
+    settings = _settings(args)
+    target: str = args.key_or_id.strip()
+    if target.startswith("sk_"):
+        target = hash_key(target, settings.auth.api_key_pepper)
+
+    async def run() -> ApiKeyRecord | None:
+        store = open_store(settings)
+        try:
+            return await store.revoke(target)
+        finally:
+            await store.close()
+
+    record = asyncio.run(run())
+    if record is None:
+        _err("no such key (give the id from `keys list` or the whole key)")
+        return 1
+    if args.json:
+        print(json.dumps(_record_json(record, time.time())))
+    else:
+        _err(f"revoked key {record.id} ({record.display}) of {record.owner}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Mint a dev HS256 JWT (refused in production)."""
+    settings = _settings(args)
+    try:
+        token = mint_dev_token(settings, sub=args.sub, scopes=args.scope or (),
+                               roles=args.role or (), ttl_s=args.ttl)
+    except ValueError as exc:
+        _err(str(exc))
+        return 1
+    print(token)
+    return 0
 
 
 def add_auth_commands(sub: Any, add_settings_flags: Callable[[argparse.ArgumentParser], None]
                       ) -> None:
     """Register `keys create|list|revoke` and `token` on the CLI."""
+
+    def store_flags(p: argparse.ArgumentParser) -> None:
+        add_settings_flags(p)
+        p.add_argument("--redis-url", help="Redis key store (also REDIS_URL)")
+        p.add_argument("--keys-file", help="file key store (also API_KEYS_FILE)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
+
+    def keys_help(_: argparse.Namespace) -> int:
+        keys.print_help(sys.stderr)
+        return 2
+
+    keys.set_defaults(func=keys_help)
+
+    p = keys_sub.add_parser("create", help="create a key and print it (once)")
+    store_flags(p)
+    p.add_argument("--owner", required=True, help="who the key belongs to")
+    p.add_argument("--scope", action="append", default=[], help="granted scope (repeatable)")
+    p.add_argument("--env", choices=KEY_ENVS, default="live", help="key environment")
+    p.add_argument("--expires", type=parse_duration, metavar="DURATION",
+                   help="lifetime, e.g. 30d, 12h")
+    p.add_argument("--tenant", help="tenant the key belongs to")
+    p.set_defaults(func=cmd_keys_create)
+
+    p = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
+    store_flags(p)
+    p.set_defaults(func=cmd_keys_list)
+
+    p = keys_sub.add_parser("revoke", help="revoke a key by id or by the whole key")
+    store_flags(p)
+    p.add_argument("key_or_id", metavar="ID_OR_KEY")
+    p.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("token", help="mint a development JWT (HS256; refused in production)")
+    add_settings_flags(p)
+    p.add_argument("--sub", default="dev", help="subject (default: dev)")
+    p.add_argument("--scope", action="append", help="scope (repeatable)")
+    p.add_argument("--role", action="append", help="role claim (repeatable)")
+    p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime (default 1h)")
+    p.set_defaults(func=cmd_token)

@@ -1,0 +1,109 @@
+"""`keys create|list|revoke` and `token` on both stores; created keys work in the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from luki_gateway.auth.cli import parse_duration
+from luki_gateway.cli import main
+
+from .probe import Probe
+
+
+@pytest.fixture
+def store_env(backend: str, backend_redis_url: str, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the CLI at the same store the probe gateway uses (file or Redis)."""
+    if backend_redis_url:
+        monkeypatch.setenv("REDIS_URL", backend_redis_url)
+    else:
+        monkeypatch.setenv("API_KEYS_FILE", str(tmp_path / "api_keys.json"))
+
+
+def run_sync(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; (exit status, stdout, stderr)."""
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in a thread (it runs its own event loop), as a separate process would."""
+    return await asyncio.to_thread(run_sync, capsys, *argv)
+
+
+async def test_create_list_revoke_round_trip(store_env: None, probe: Callable[..., Any],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A created key works in the gateway; list shows it masked; revoke (by id) ends it."""
+    status, out, err = await run(capsys, "keys", "create", "--owner", "bob", "--scope",
+                           "chat:write", "--scope", "elr:read", "--expires", "30d")
+    assert status == 0
+    key = out.strip()
+    assert key.startswith("sk_live_") and "\n" not in key
+    assert key not in err and "not shown again" in err
+    p: Probe = await probe()
+    resp = await p.client.post("/t/chat", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200
+    assert (await resp.json())["principal"]["scopes"] == ["chat:write", "elr:read"]
+
+    status, out, _ = await run(capsys, "keys", "list")
+    assert status == 0 and "bob" in out and key[-4:] in out and key not in out
+    assert "active" in out
+    status, out, _ = await run(capsys, "keys", "list", "--json")
+    (row,) = json.loads(out)
+    assert row["owner"] == "bob" and row["status"] == "active" and row["expires_at"]
+    assert row["last_used_at"] is None
+
+    status, _, err = await run(capsys, "keys", "revoke", row["id"])
+    assert status == 0 and row["id"] in err
+    status, out, _ = await run(capsys, "keys", "list", "--json")
+    assert json.loads(out)[0]["status"] == "revoked"
+
+
+async def test_revoke_by_whole_key(store_env: None, probe: Callable[..., Any],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys revoke sk_...` revokes that key; unknown ids exit 1."""
+    _, out, _ = await run(capsys, "keys", "create", "--owner", "carol", "--scope", "chat:write",
+                    "--env", "test", "--json")
+    created = json.loads(out)
+    assert created["key"].startswith("sk_test_") and created["env"] == "test"
+    assert (await run(capsys, "keys", "revoke", "ffffffffffffffff"))[0] == 1
+    assert (await run(capsys, "keys", "revoke", created["key"]))[0] == 0
+    p: Probe = await probe()
+    resp = await p.client.post("/t/chat", headers={"Authorization": f"Bearer {created['key']}"})
+    assert resp.status == 401
+
+
+def test_create_without_a_store_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """No API_KEYS_FILE and no REDIS_URL: the key would vanish, so exit 2 with a hint."""
+    status, out, err = run_sync(capsys, "keys", "create", "--owner", "x")
+    assert status == 2 and out == "" and "API_KEYS_FILE" in err
+
+
+def test_bad_expiry_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--expires must be a duration."""
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--owner", "x", "--expires", "soon"])
+    capsys.readouterr()
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("90") == 90
+
+
+async def test_token_command(probe: Callable[..., Any],
+                             capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`token` mints a dev JWT the gateway accepts; refused in production."""
+    status, out, _ = await run(capsys, "token", "--sub", "alice", "--scope", "chat:write")
+    assert status == 0
+    p: Probe = await probe()
+    resp = await p.client.post("/t/chat", headers={"Authorization": f"Bearer {out.strip()}"})
+    assert (await resp.json())["principal"]["subject"] == "alice"
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    status, out, err = await run(capsys, "token", "--sub", "alice")
+    assert status == 1 and out == "" and "production" in err
