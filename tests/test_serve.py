@@ -1,0 +1,118 @@
+"""`serve --workers 2` as a real subprocess: both workers answer, SIGTERM drains gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .redis_server import free_port
+
+PROBE = Path(__file__).with_name("serve_probe.py")
+GRACE_S = 4.0
+
+
+class Served:
+    """A running `serve` subprocess and where it listens."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def log_text(self) -> str:
+        """Everything the supervisor and workers logged so far."""
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def serve_two(tmp_path: Path) -> Iterator[Served]:
+    """Start `serve --workers 2` (with a /test/slow route) on a free port; kill it at the end."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
+           "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_FORMAT": "json"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(PROBE), "serve", "--workers", "2",
+                                 "--port", str(port)], env=env, stdout=out, stderr=out)
+    served = Served(proc, port, log)
+    yield served
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid of ``pid`` (from /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def worker_pids(served: Served, want: int, within_s: float = 30) -> set[int]:
+    """Open fresh connections until ``want`` different workers answered /healthz."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + within_s
+    connector = aiohttp.TCPConnector(force_close=True)  # new connection: kernel picks a worker
+    async with aiohttp.ClientSession(connector=connector) as session:
+        while len(seen) < want:
+            assert time.monotonic() < deadline, f"only {seen} answered; log:\n{served.log_text()}"
+            assert served.proc.poll() is None, served.log_text()
+            try:
+                async with session.get(f"{served.url}/healthz") as resp:
+                    assert resp.status == 200
+                    seen.add(int(resp.headers["X-LUKi-Worker"]))
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)  # workers still starting: nothing to wait on but time
+    return seen
+
+
+async def test_two_workers_answer_and_sigterm_drains(serve_two: Served) -> None:
+    """Both pids answer; on SIGTERM the in-flight request finishes and all exit within grace."""
+    pids = await worker_pids(serve_two, want=2)
+    assert len(pids) == 2 and serve_two.proc.pid not in pids
+    assert {parent_of(pid) for pid in pids} == {serve_two.proc.pid}
+
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{serve_two.url}/test/slow?ms=1500") as resp:
+        assert await resp.content.readline() == b"started\n"  # in flight now
+        stopped_at = time.monotonic()
+        serve_two.proc.send_signal(signal.SIGTERM)
+        assert await resp.content.read() == b"finished\n"
+    code = await asyncio.to_thread(serve_two.proc.wait, GRACE_S * 2 + 5)
+    took = time.monotonic() - stopped_at
+    assert code == 0, serve_two.log_text()
+    assert took < GRACE_S + 2, took
+    assert not any(_running(pid) for pid in pids)
+    log = serve_two.log_text()
+    assert log.count('"worker listening"') == 2
+    assert log.count('"worker stopped"') == 2
+    assert "Traceback" not in log
+
+
+async def test_workers_follow_a_vanished_supervisor(serve_two: Served) -> None:
+    """SIGKILL on the supervisor: the workers notice and shut down by themselves."""
+    pids = await worker_pids(serve_two, want=2)
+    serve_two.proc.kill()
+    serve_two.proc.wait()
+    deadline = time.monotonic() + GRACE_S + 10
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, serve_two.log_text()
+        await asyncio.sleep(0.1)  # orphaned processes: no handle to wait on
+    assert serve_two.log_text().count("supervisor gone") == 2
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
