@@ -131,6 +131,7 @@ class RunningGateway:
     server: Server
     headers: dict[str, str]
     workdir: Path
+    auth: str = "none"
 
     def stop(self) -> None:
         """Stop the process and remove its config directory."""
@@ -153,10 +154,17 @@ async def start_gateway(name: str, variant: GatewayVariant, core: int | None
     running = RunningGateway(server, headers, workdir)
     try:
         if variant.api_key:
-            key = await asyncio.to_thread(create_api_key, config_path)
-            headers["Authorization"] = f"Bearer {key}"
+            try:
+                key = await asyncio.to_thread(create_api_key, config_path)
+                headers["Authorization"] = f"Bearer {key}"
+                running.auth = "api-key"
+            except Unavailable as exc:
+                # Keep measuring the rest of the stack; the report says which auth ran.
+                headers["Authorization"] = f"Bearer {bench_token()}"
+                running.auth = f"jwt (API key unavailable: {exc})"
         elif variant.auth:
             headers["Authorization"] = f"Bearer {bench_token()}"
+            running.auth = "jwt"
         try:
             await start_server(server, timeout_s=30)
         except RuntimeError as exc:

@@ -27,7 +27,7 @@ class LoadResult:
     bad_bodies: int = 0
 
 
-class _Conn(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
 
     def __init__(self) -> None:
@@ -109,9 +109,9 @@ def build_request(method: str, path: str, host: str, headers: Mapping[str, str] 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _connect(port: int) -> _Conn:
+async def connect(port: int) -> Connection:
     loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(_Conn, "127.0.0.1", port)
+    _, proto = await loop.create_connection(Connection, "127.0.0.1", port)
     return proto
 
 
@@ -131,11 +131,11 @@ async def closed_loop(port: int, raw: bytes, *, connections: int, duration_s: fl
     deadline = time.monotonic() + duration_s
 
     async def worker() -> None:
-        conn: _Conn | None = None
+        conn: Connection | None = None
         while time.monotonic() < deadline:
             try:
                 if conn is None or conn.lost:
-                    conn = await _connect(port)
+                    conn = await connect(port)
                 t0 = time.perf_counter()
                 status, body = await conn.request(raw)
                 result.latencies_s.append(time.perf_counter() - t0)
@@ -158,7 +158,7 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
                     ) -> LoadResult:
     """Send at a constant ``rate`` regardless of answers; latency from the scheduled time."""
     result = LoadResult()
-    idle: list[_Conn] = []
+    idle: list[Connection] = []
     opened = 0
     interval = 1.0 / rate
     total = int(rate * duration_s)
@@ -166,13 +166,13 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
 
     async def one(scheduled: float) -> None:
         nonlocal opened
-        conn: _Conn | None = None
+        conn: Connection | None = None
         try:
             if idle:
                 conn = idle.pop()
             elif opened < max_connections:
                 opened += 1
-                conn = await _connect(port)
+                conn = await connect(port)
             else:
                 result.errors += 1
                 return
@@ -204,7 +204,7 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
 
 async def fetch(port: int, raw: bytes, timeout_s: float = 5.0) -> tuple[int, bytes]:
     """One request on a fresh connection: (status, body)."""
-    conn = await asyncio.wait_for(_connect(port), timeout_s)
+    conn = await asyncio.wait_for(connect(port), timeout_s)
     try:
         return await asyncio.wait_for(conn.request(raw), timeout_s)
     finally:

@@ -30,13 +30,15 @@ class Profile:
     ratelimit_duration_s: float
     # Client processes share the subscribers of one level
     subscribers_per_process: int = 2500
+    # Pause before reading RSS, so per-connection start-up work has finished
+    settle_s: float = 1.0
 
 
 SMOKE = Profile(
-    name="smoke", rounds=1, proxy_duration_s=1.0, proxy_connections=8, fixed_rate=100,
+    name="smoke", rounds=1, proxy_duration_s=0.5, proxy_connections=8, fixed_rate=100,
     fixed_duration_s=0.5, fanout_levels=(20,), fanout_events=3, fanout_rounds=1,
     memory_levels=(20, 40), chat_levels=(2,), chat_tokens=4, chat_rounds=1,
-    ratelimit_duration_s=1.0)
+    ratelimit_duration_s=0.5, settle_s=0.2)
 
 QUICK = Profile(
     name="quick", rounds=3, proxy_duration_s=2.0, proxy_connections=64, fixed_rate=1000,
@@ -46,8 +48,8 @@ QUICK = Profile(
 
 FULL = Profile(
     name="full", rounds=5, proxy_duration_s=6.0, proxy_connections=64, fixed_rate=1000,
-    fixed_duration_s=4.0, fanout_levels=(1000, 3000, 10000), fanout_events=100,
-    fanout_rounds=3, memory_levels=(1000, 5000, 18000), chat_levels=(1, 100, 300),
+    fixed_duration_s=4.0, fanout_levels=(1000, 10000), fanout_events=100,
+    fanout_rounds=2, memory_levels=(1000, 5000, 18000), chat_levels=(1, 100, 300),
     chat_tokens=40, chat_rounds=3, ratelimit_duration_s=5.0)
 
 PROFILES = {p.name: p for p in (SMOKE, QUICK, FULL)}

@@ -34,6 +34,12 @@ class Tally:
         self.ready = 0
         self.failed = 0
         self.closed = 0
+        self.reports_left = 3  # refusals echoed to stderr; more would only fill the pipe
+
+    def report(self, text: str) -> None:
+        if self.reports_left > 0:
+            self.reports_left -= 1
+            sys.stderr.write(text[:300] + "\n")
 
     def got(self, payload: bytes) -> None:
         for m in _SEQ.finditer(payload):
@@ -113,6 +119,8 @@ class WsSub(_Sub):
 
     def on_head(self, status: bytes, head: bytes) -> None:
         if b" 101 " not in status + b" ":
+            self.tally.report(status.decode(errors="replace") + " " + bytes(self.buf).decode(
+                errors="replace"))
             self.set_ready(False)
             return
         if self.idle:
@@ -153,7 +161,7 @@ class WsSub(_Sub):
                 if b'"subscribed"' in payload:
                     self.set_ready(True)
                 elif b'"error"' in payload:
-                    sys.stderr.write(payload.decode(errors="replace")[:300] + "\n")
+                    self.tally.report(payload.decode(errors="replace"))
                     self.set_ready(False)
                 return
             self.tally.got(payload)
@@ -169,7 +177,7 @@ class SseSub(_Sub):
 
     def on_head(self, status: bytes, head: bytes) -> None:
         if b" 200 " not in status + b" ":
-            sys.stderr.write(status.decode(errors="replace") + "\n")
+            self.tally.report(status.decode(errors="replace") + " " + head.decode(errors="replace"))
             self.set_ready(False)
             return
         self.chunked = b"transfer-encoding: chunked" in head

@@ -29,6 +29,7 @@ class Target:
     server: Server
     headers: dict[str, str]
     stop: Callable[[], None]
+    auth: str = "none"
 
 
 def bench_routes() -> list[dict[str, Any]]:
@@ -52,7 +53,7 @@ def _plain(server: Server) -> Target:
 
 
 def _gateway(gw: RunningGateway) -> Target:
-    return Target(gw.server, gw.headers, gw.stop)
+    return Target(gw.server, gw.headers, gw.stop, gw.auth)
 
 
 async def start_contender(name: str, ctx: Context, upstream: Server,
@@ -96,7 +97,7 @@ async def check(contender: Contender, t: Target) -> None:
     """One request must come back 200 with the upstream's exact body."""
     status, body = await fetch(t.server.port, build_request(
         "GET", PATH, f"127.0.0.1:{t.server.port}", t.headers))
-    contender.check = {"status": status, "body_ok": body == BODY,
+    contender.check = {"status": status, "body_ok": body == BODY, "auth": t.auth,
                        "body": body[:200].decode(errors="replace")}
     contender.correct = status == 200 and body == BODY
     if not contender.correct:
