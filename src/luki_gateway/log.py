@@ -26,9 +26,12 @@ _SECRET_KEYS = frozenset({
 })
 # (pattern, replacement): whole-match secrets, then ones that keep a visible prefix.
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # API keys: sk_live_..., sk_test_..., sk_dev_... (and any other sk_ key of 12+ chars)
-    (re.compile(r"\bsk_(?:(?:live|test|dev)_[A-Za-z0-9_\-]{4,}|[A-Za-z0-9_\-]{12,})"),
+    # API keys: sk_live_..., sk_test_..., sk_dev_... (and any other sk_ key of 12+ chars);
+    # 16+ so the display form sk_live_AbCd…wxyz (prefix + last 4) stays readable.
+    (re.compile(r"\bsk_(?:(?:live|test|dev)_[A-Za-z0-9_\-]{16,}|[A-Za-z0-9_\-]{12,})"),
      REDACTED),
+    # Stream tickets of ours: tk_<payload>.<signature>
+    (re.compile(r"\btk_[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*)?"), REDACTED),
     # JWTs (three base64url parts, header starts with eyJ)
     (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
     # Header-like "Cookie: ..." / "X-API-Key=..." text: everything up to the line end
