@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     # Routes: public first, then the API surface.
     health.setup(app)       # /healthz /live /ready /health
     metrics.setup(app)      # /metrics
-    docs.setup(app)         # /openapi.json /docs and the demo page at /
+    docs.setup(app)         # /openapi.json /docs (built at start-up from every route)
     auth.setup(app)         # /v1/auth/ticket
     usage.setup(app)        # /v1/usage /v1/me
     chat.setup(app)         # /v1/chat /v1/chat/stream
