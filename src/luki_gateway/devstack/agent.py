@@ -121,7 +121,7 @@ class _ClientGone(Exception):
     """The client closed the connection while the agent was waiting or writing."""
 
 
-def _reply_tokens(message: str, count: int) -> list[str]:
+def reply_tokens(message: str, count: int) -> list[str]:
     words = [f"You said {len(message)} characters."] + [
         _WORDS[i % len(_WORDS)] for i in range(max(0, count - 1))]
     return [w + " " for w in words[:count]] if count > 0 else []
@@ -200,7 +200,7 @@ async def chat(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": "AGENT_FAILED", "message": "boom"}},
                                  status=500)
     await asyncio.sleep(behaviour.first_token_delay_s)
-    tokens = _reply_tokens(message, behaviour.tokens)
+    tokens = reply_tokens(message, behaviour.tokens)
     tool_calls = [_tool_call(message)] if behaviour.tool_call else []
     return web.json_response({
         "text": "".join(tokens), "tool_calls": tool_calls,
@@ -220,7 +220,7 @@ async def _stream(request: web.Request, message: str, behaviour: AgentBehaviour,
                                  status=500)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
-    tokens = _reply_tokens(message, behaviour.tokens)
+    tokens = reply_tokens(message, behaviour.tokens)
     interval = 1.0 / behaviour.tokens_per_s if behaviour.tokens_per_s > 0 else 0.0
     try:
         await response.prepare(request)
@@ -330,7 +330,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
         return await _stream(request, message, behaviour, openai=True,
                              include_usage=include_usage)
-    tokens = _reply_tokens(message, behaviour.tokens)
+    tokens = reply_tokens(message, behaviour.tokens)
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
     finish = behaviour.finish_reason
     if behaviour.tool_call:

@@ -278,11 +278,17 @@ class TurnRegistry:
         redis = self.redis
         if redis is None:
             raise NotFound("no such turn", details={"turn_id": turn_id})
-        stored_owner: Any
-        try:
-            stored_owner = await redis.hget(f"{self.stream_key(turn_id)}:meta", "owner")
-        except (RedisError, OSError):
-            raise DownstreamUnavailable("turn store unavailable") from None
+        stored_owner: Any = None
+        for attempt in range(3):
+            if attempt:
+                # A turn started a moment ago may not be flushed to Redis yet.
+                await asyncio.sleep(FLUSH_DELAY_S * 5)
+            try:
+                stored_owner = await redis.hget(f"{self.stream_key(turn_id)}:meta", "owner")
+            except (RedisError, OSError):
+                raise DownstreamUnavailable("turn store unavailable") from None
+            if stored_owner is not None:
+                break
         if stored_owner is None:
             raise NotFound("no such turn", details={"turn_id": turn_id})
         if stored_owner.decode() != owner:

@@ -1,0 +1,147 @@
+"""Resumable turns: reconnect with Last-Event-ID and get every event exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from luki_gateway.devstack.agent import reply_tokens
+from tests.chat.sse_client import Received, read_events
+from tests.conftest import bearer
+
+
+def _tokens(events: list[Received]) -> list[str]:
+    return [e.data["text"] for e in events if e.event == "token"]
+
+
+async def _start(client: Any, headers: dict[str, str], n: int) -> tuple[str, list[Received]]:
+    """Start a turn and read its first ``n`` events, then drop the connection."""
+    resp = await client.post("/v1/chat/stream", json={"message": "tell me"}, headers=headers)
+    assert resp.status == 200
+    turn_id: str = resp.headers["X-LUKi-Turn-Id"]
+    first = await read_events(resp, stop_after=n)
+    resp.close()
+    return turn_id, first
+
+
+async def test_resume_on_the_same_process(backend: str, start_agent: Callable[..., Any],
+                                          chat_gateway: Callable[..., Any]) -> None:
+    """Disconnect mid-turn, resume with Last-Event-ID: the rest once, in order, one done."""
+    agent = await start_agent(tokens=30, tokens_per_s=60.0)
+    client = await chat_gateway(agent)
+    turn_id, first = await _start(client, bearer(), 5)
+    resp = await client.get("/v1/chat/stream", params={"turn_id": turn_id},
+                            headers={**bearer(), "Last-Event-ID": f"{turn_id}:5"})
+    assert resp.status == 200
+    rest = await read_events(resp)
+    events = first + rest
+    assert [e.id for e in events] == [f"{turn_id}:{i}" for i in range(1, 32)]
+    assert _tokens(events) == reply_tokens("tell me", 30)
+    assert [e.event for e in events].count("done") == 1
+    assert events[-1].data["finish_reason"] == "stop"
+    assert agent.log.cancelled == []
+
+
+async def test_resume_on_another_app_sharing_redis(redis_url: str,
+                                                   start_agent: Callable[..., Any],
+                                                   chat_gateway: Callable[..., Any]) -> None:
+    """A second gateway on the same Redis resumes a turn the first one is running."""
+    agent = await start_agent(tokens=40, tokens_per_s=50.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url, chat={"resume_grace_s": 0.3})
+    second_gw = await chat_gateway(agent, redis_url=redis_url, chat={"resume_grace_s": 0.3})
+    turn_id, first = await _start(first_gw, bearer(), 4)
+    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
+                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:4"})
+    assert resp.status == 200
+    rest = await read_events(resp)
+    events = first + rest
+    assert [e.id for e in events] == [f"{turn_id}:{i}" for i in range(1, 42)]
+    assert _tokens(events) == reply_tokens("tell me", 40)
+    assert events[-1].event == "done" and events[-1].data["finish_reason"] == "stop"
+    # The remote follower kept the turn alive past the first process's grace period.
+    assert agent.log.cancelled == []
+
+
+async def test_resume_a_finished_turn_from_redis(redis_url: str,
+                                                 start_agent: Callable[..., Any],
+                                                 chat_gateway: Callable[..., Any]) -> None:
+    """A turn that ended meanwhile replays its missed tail and its done from Redis."""
+    agent = await start_agent(tokens=6, tokens_per_s=200.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    turn_id, _ = await _start(first_gw, bearer(), 2)
+    await agent.log.wait_for(lambda log: not log.running, 3.0)
+    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
+                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:2"})
+    rest = await read_events(resp)
+    assert [e.id for e in rest] == [f"{turn_id}:{i}" for i in range(3, 8)]
+    assert rest[-1].event == "done"
+
+
+async def test_only_the_owner_may_resume(backend: str, start_agent: Callable[..., Any],
+                                         chat_gateway: Callable[..., Any]) -> None:
+    """Another principal gets 403, an unknown turn 404, a malformed Last-Event-ID 400."""
+    agent = await start_agent(tokens=20, tokens_per_s=50.0)
+    client = await chat_gateway(agent)
+    turn_id, _ = await _start(client, bearer("alice"), 1)
+    resp = await client.get("/v1/chat/stream", params={"turn_id": turn_id},
+                            headers=bearer("mallory"))
+    assert resp.status == 403
+    resp = await client.get("/v1/chat/stream", params={"turn_id": "t_nothere"},
+                            headers=bearer("alice"))
+    assert resp.status == 404
+    resp = await client.get("/v1/chat/stream", params={"turn_id": turn_id},
+                            headers={**bearer("alice"), "Last-Event-ID": "other:3"})
+    assert resp.status == 400
+
+
+async def test_other_principal_cannot_resume_remotely(redis_url: str,
+                                                      start_agent: Callable[..., Any],
+                                                      chat_gateway: Callable[..., Any]) -> None:
+    """The owner check holds on another process too (the owner is kept in Redis)."""
+    agent = await start_agent(tokens=20, tokens_per_s=50.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    turn_id, _ = await _start(first_gw, bearer("alice"), 1)
+    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
+                               headers=bearer("mallory"))
+    assert resp.status == 403
+
+
+async def test_abandoned_turn_is_cancelled_after_grace(backend: str,
+                                                       start_agent: Callable[..., Any],
+                                                       chat_gateway: Callable[..., Any]
+                                                       ) -> None:
+    """Nobody comes back: after the grace period the upstream is cancelled, and a late
+    resume sees the turn's end as done client_gone."""
+    agent = await start_agent(tokens=500, tokens_per_s=50.0)
+    client = await chat_gateway(agent, chat={"resume_grace_s": 0.3})
+    turn_id, _ = await _start(client, bearer(), 2)
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    resp = await client.get("/v1/chat/stream", params={"turn_id": turn_id},
+                            headers={**bearer(), "Last-Event-ID": f"{turn_id}:2"})
+    events = await read_events(resp)
+    assert events[-1].event == "done"
+    assert events[-1].data["finish_reason"] == "client_gone"
+    assert [e.event for e in events].count("done") == 1
+
+
+async def test_redis_down_does_not_stop_the_relay(redis_server: Any, redis_url: str,
+                                                  start_agent: Callable[..., Any],
+                                                  chat_gateway: Callable[..., Any]) -> None:
+    """With Redis frozen the live stream still completes; a remote resume is a clean 503."""
+    agent = await start_agent(tokens=10, tokens_per_s=100.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    redis_server.pause()
+    try:
+        resp = await first_gw.post("/v1/chat/stream", json={"message": "hi"},
+                                   headers=bearer())
+        events = await read_events(resp)
+        assert [e.event for e in events] == ["token"] * 10 + ["done"]
+        resp = await second_gw.get("/v1/chat/stream", params={"turn_id": "t_abc"},
+                                   headers=bearer())
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
+    finally:
+        redis_server.resume()
