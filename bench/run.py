@@ -89,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         written = asyncio.run(_run(args))
     if str(args.report) != "-":
-        from .report import write_report
+        from .report import latest_results, write_report
 
-        write_report(args.report, [json.loads(p.read_text()) for p in written],
-                     plots=not args.no_plots)
+        # Scenarios not run this time keep their newest results in the report.
+        write_report(args.report, latest_results(args.results_dir, SCENARIOS),
+                     plot_dir=None if args.no_plots else args.results_dir / "plots")
         print(f"bench: wrote {args.report}", file=sys.stderr)
     for path in written:
         print(path)
