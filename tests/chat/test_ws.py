@@ -1,0 +1,201 @@
+"""Chat over /v1/ws: turns tagged by id, several at once, cancel, resume, socket close."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse
+
+from luki_gateway.devstack.agent import reply_tokens
+from tests.conftest import bearer
+
+
+async def _connect(client: Any, sub: str = "alice") -> ClientWebSocketResponse:
+    ws: ClientWebSocketResponse = await client.ws_connect("/v1/ws", headers=bearer(sub))
+    welcome = await ws.receive_json(timeout=5)
+    assert welcome["type"] == "welcome"
+    return ws
+
+
+async def _until_end(ws: ClientWebSocketResponse, client_id: str,
+                     other: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Messages of turn ``client_id`` up to its done/error (others go to ``other``)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        msg = await ws.receive_json(timeout=5)
+        if msg.get("id") != client_id:
+            if other is not None:
+                other.append(msg)
+            continue
+        out.append(msg)
+        if msg["type"] in ("done", "error"):
+            return out
+
+
+async def test_ws_chat_turn(start_agent: Callable[..., Any],
+                            chat_gateway: Callable[..., Any]) -> None:
+    """chat {id, message}: tokens tagged with id and turn_id, then one done."""
+    agent = await start_agent(tokens=4)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "c1", "message": "hello"})
+    msgs = await _until_end(ws, "c1")
+    assert [m["type"] for m in msgs] == ["token"] * 4 + ["done"]
+    assert len({m["turn_id"] for m in msgs}) == 1
+    assert [m["seq"] for m in msgs] == [1, 2, 3, 4, 5]
+    assert "".join(m["text"] for m in msgs[:-1]) == "".join(reply_tokens("hello", 4))
+    assert msgs[-1]["finish_reason"] == "stop"
+    assert msgs[-1]["usage"] == {"input_tokens": 1, "output_tokens": 4}
+    await ws.close()
+
+
+async def test_ws_several_turns_at_once(start_agent: Callable[..., Any],
+                                        chat_gateway: Callable[..., Any]) -> None:
+    """Two turns on one socket interleave; each is complete under its own id."""
+    agent = await start_agent(tokens=6, tokens_per_s=100.0)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "a", "message": "first"})
+    await ws.send_json({"type": "chat", "id": "b", "message": "second one"})
+    seen: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    ended = 0
+    while ended < 2:
+        msg = await ws.receive_json(timeout=5)
+        seen[msg["id"]].append(msg)
+        ended += msg["type"] in ("done", "error")
+    for cid in ("a", "b"):
+        assert [m["type"] for m in seen[cid]] == ["token"] * 6 + ["done"]
+    assert seen["a"][0]["turn_id"] != seen["b"][0]["turn_id"]
+    await ws.close()
+
+
+async def test_ws_turn_limit_per_socket(start_agent: Callable[..., Any],
+                                        chat_gateway: Callable[..., Any]) -> None:
+    """Past max_turns_per_socket a new chat is refused with RATE_LIMIT_EXCEEDED."""
+    agent = await start_agent(tokens=50, tokens_per_s=20.0)
+    client = await chat_gateway(agent, chat={"max_turns_per_socket": 1})
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "a", "message": "one"})
+    await ws.send_json({"type": "chat", "id": "b", "message": "two"})
+    msgs = await _until_end(ws, "b")
+    assert msgs[-1]["type"] == "error"
+    assert msgs[-1]["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    await ws.close()
+
+
+async def test_ws_cancel_stops_the_upstream(start_agent: Callable[..., Any],
+                                            chat_gateway: Callable[..., Any]) -> None:
+    """cancel {id}: done cancelled, and the agent sees its stream dropped within 1 s."""
+    agent = await start_agent(tokens=1000, tokens_per_s=20.0)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "c", "message": "long"})
+    first = await ws.receive_json(timeout=5)
+    assert first["type"] == "token"
+    await ws.send_json({"type": "cancel", "id": "c"})
+    sent = time.monotonic()
+    msgs = await _until_end(ws, "c")
+    assert msgs[-1]["type"] == "done"
+    assert msgs[-1]["finish_reason"] == "cancelled"
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    ended_at = agent.log.cancelled[0].ended_at
+    assert ended_at is not None and ended_at - sent < 1.0
+    await ws.close()
+
+
+async def test_ws_bad_messages_get_errors_with_id(start_agent: Callable[..., Any],
+                                                  chat_gateway: Callable[..., Any]) -> None:
+    """Malformed chat/cancel/resume messages answer VALIDATION_ERROR or NOT_FOUND by id."""
+    agent = await start_agent()
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "x", "message": 7})
+    msg = await ws.receive_json(timeout=5)
+    assert (msg["type"], msg["id"], msg["error"]["code"]) == ("error", "x", "VALIDATION_ERROR")
+    await ws.send_json({"type": "chat", "message": "no id"})
+    msg = await ws.receive_json(timeout=5)
+    assert msg["error"]["code"] == "VALIDATION_ERROR"
+    await ws.send_json({"type": "cancel", "id": "nope"})
+    msg = await ws.receive_json(timeout=5)
+    assert (msg["id"], msg["error"]["code"]) == ("nope", "NOT_FOUND")
+    await ws.send_json({"type": "resume", "turn_id": "t_unknown", "last_seq": 0})
+    msg = await ws.receive_json(timeout=5)
+    assert msg["error"]["code"] == "NOT_FOUND"
+    await ws.send_json({"type": "resume", "turn_id": "t_x", "last_seq": "3"})
+    msg = await ws.receive_json(timeout=5)
+    assert msg["error"]["code"] == "VALIDATION_ERROR"
+    assert agent.log.streams == []
+    await ws.close()
+
+
+async def test_ws_close_cancels_turn_without_resume(start_agent: Callable[..., Any],
+                                                    chat_gateway: Callable[..., Any]) -> None:
+    """Closing the socket mid-turn cancels the upstream within 1 s when resume is off."""
+    agent = await start_agent(tokens=1000, tokens_per_s=20.0)
+    client = await chat_gateway(agent, chat={"resume": False})
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "c", "message": "long"})
+    await ws.receive_json(timeout=5)
+    await ws.close()
+    closed = time.monotonic()
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    ended_at = agent.log.cancelled[0].ended_at
+    assert ended_at is not None and ended_at - closed < 1.0
+
+
+async def test_ws_resume_after_reconnect(backend: str, start_agent: Callable[..., Any],
+                                         chat_gateway: Callable[..., Any]) -> None:
+    """Drop the socket mid-turn, resume {turn_id, last_seq} on a new one: rest once + done."""
+    agent = await start_agent(tokens=30, tokens_per_s=60.0)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "c", "message": "resume me"})
+    first = [await ws.receive_json(timeout=5) for _ in range(3)]
+    turn_id = first[0]["turn_id"]
+    await ws.close()
+    ws = await _connect(client)
+    await ws.send_json({"type": "resume", "id": "c", "turn_id": turn_id,
+                        "last_seq": first[-1]["seq"]})
+    rest = await _until_end(ws, "c")
+    msgs = first + rest
+    assert [m["seq"] for m in msgs] == list(range(1, 32))
+    assert "".join(m["text"] for m in msgs[:-1]) == "".join(reply_tokens("resume me", 30))
+    assert msgs[-1]["type"] == "done" and msgs[-1]["finish_reason"] == "stop"
+    await ws.close()
+
+
+async def test_ws_resume_on_another_app(redis_url: str, start_agent: Callable[..., Any],
+                                        chat_gateway: Callable[..., Any]) -> None:
+    """A WS resume on a second gateway sharing Redis follows the turn to its end."""
+    agent = await start_agent(tokens=30, tokens_per_s=60.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    ws = await _connect(first_gw)
+    await ws.send_json({"type": "chat", "id": "c", "message": "resume me"})
+    first = [await ws.receive_json(timeout=5) for _ in range(3)]
+    await ws.close()
+    ws = await _connect(second_gw)
+    await ws.send_json({"type": "resume", "id": "c", "turn_id": first[0]["turn_id"],
+                        "last_seq": 3})
+    rest = await _until_end(ws, "c")
+    assert [m["seq"] for m in first + rest] == list(range(1, 32))
+    assert rest[-1]["type"] == "done"
+    await ws.close()
+
+
+async def test_ws_resume_refused_for_other_principal(start_agent: Callable[..., Any],
+                                                     chat_gateway: Callable[..., Any]) -> None:
+    """Another principal cannot follow someone's turn over WS (FORBIDDEN)."""
+    agent = await start_agent(tokens=30, tokens_per_s=30.0)
+    client = await chat_gateway(agent)
+    ws = await _connect(client, "alice")
+    await ws.send_json({"type": "chat", "id": "c", "message": "mine"})
+    turn_id = (await ws.receive_json(timeout=5))["turn_id"]
+    spy = await _connect(client, "mallory")
+    await spy.send_json({"type": "resume", "turn_id": turn_id, "last_seq": 0})
+    msg = await spy.receive_json(timeout=5)
+    assert msg["error"]["code"] == "FORBIDDEN"
+    await asyncio.gather(ws.close(), spy.close())
