@@ -14,9 +14,12 @@ class Control:
     """What the upstream saw and how it should behave next."""
 
     fail_status: int = 0
+    # Connections to drop (without any answer) before answering normally again.
+    drop_next: int = 0
     requests: int = 0
     uploads: list[int] = field(default_factory=list)
     upload_errors: int = 0
+    upload_started: asyncio.Event = field(default_factory=asyncio.Event)
     request_ended: asyncio.Event = field(default_factory=asyncio.Event)
     stream_ended: asyncio.Event = field(default_factory=asyncio.Event)
     streams_cancelled: int = 0
@@ -29,6 +32,10 @@ async def echo(request: web.Request) -> web.Response:
     """Everything the upstream received, as JSON."""
     control = request.app[CONTROL]
     control.requests += 1
+    if control.drop_next > 0 and request.transport is not None:
+        control.drop_next -= 1
+        request.transport.close()
+        return web.Response()
     if control.fail_status:
         return web.json_response({"failed": True}, status=control.fail_status)
     body = await request.read()
@@ -76,6 +83,9 @@ async def events(request: web.Request) -> web.StreamResponse:
             await response.write(f"id: {i}\nevent: tick\ndata: {i}\n\n".encode())
         if await _idle_until_client_leaves(request, 30.0):
             request.app[CONTROL].streams_cancelled += 1
+    except asyncio.CancelledError:  # test servers cancel handlers on disconnect
+        request.app[CONTROL].streams_cancelled += 1
+        raise
     finally:
         request.app[CONTROL].stream_ended.set()
     return response
@@ -107,6 +117,9 @@ async def slow_body(request: web.Request) -> web.StreamResponse:
             request.app[CONTROL].streams_cancelled += 1
             return response
         await response.write_eof()
+    except asyncio.CancelledError:
+        request.app[CONTROL].streams_cancelled += 1
+        raise
     finally:
         request.app[CONTROL].stream_ended.set()
     return response
@@ -137,11 +150,15 @@ async def reset_small(request: web.Request) -> web.StreamResponse:
 async def upload(request: web.Request) -> web.Response:
     """Reads the body in a streaming way and records how much arrived."""
     control = request.app[CONTROL]
+    control.upload_started.set()
     seen = 0
     try:
         async for chunk in request.content.iter_any():
             seen += len(chunk)
-    except Exception:
+        # aiohttp may end the iteration quietly on a lost connection; the reason stays here.
+        if request.content.exception() is not None:
+            control.upload_errors += 1
+    except BaseException:  # a lost connection may also cancel the handler
         control.upload_errors += 1
         raise
     finally:

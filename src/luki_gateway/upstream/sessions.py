@@ -116,14 +116,14 @@ def build_upstreams(settings: Settings) -> Upstreams:
     })
 
 
-def _state_reader(breaker: CircuitBreaker) -> Callable[[], float]:
-    return lambda: STATE_VALUES[breaker.state]
+def _state_reader(upstream: Upstream) -> Callable[[], float]:
+    return lambda: STATE_VALUES[upstream.breaker.state]
 
 
 def _export_circuit(metrics: UpstreamMetrics, upstreams: Upstreams) -> None:
     for upstream in upstreams:
         # Read at scrape time, so a cool-down that passed shows as half_open.
-        metrics.circuit.labels(upstream.name).set_function(_state_reader(upstream.breaker))
+        metrics.circuit.labels(upstream.name).set_function(_state_reader(upstream))
 
 
 async def upstream_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
