@@ -125,7 +125,9 @@ class ServiceTokenConfig:
     """A static internal caller: its name, the SHA-256 hex of its token, its scopes."""
 
     name: str
-    sha256: str
+    # A typo would never match and silently lock the service out: validate the shape.
+    sha256: str = dataclasses.field(metadata={"validate": validate.Regexp(
+        r"^[0-9a-fA-F]{64}$", error="must be 64 hex characters (sha256sum of the token)")})
     scopes: tuple[str, ...] = ()
 
 

@@ -13,6 +13,7 @@ from luki_gateway.auth.api_keys import KEY_STORE
 from luki_gateway.auth.failure import AuthFailure
 from luki_gateway.auth.principal import Principal
 from luki_gateway.auth.tickets import TicketSigner
+from luki_gateway.settings import SettingsError
 
 from ..conftest import bearer
 from .probe import Probe
@@ -136,3 +137,10 @@ async def test_service_token(probe: Callable[..., Any]) -> None:
     assert resp.status == 401
     # A JWT still works next to service tokens.
     assert (await p.client.post("/t/chat", headers=bearer("alice"))).status == 200
+
+
+def test_malformed_service_token_hash_is_a_config_error(
+        make_settings: Callable[..., Any]) -> None:
+    """A service token configured with a non-SHA-256 value is refused at load, by key."""
+    with pytest.raises(SettingsError, match=r"auth\.service_tokens\.0\.sha256"):
+        make_settings(auth={"service_tokens": [{"name": "agent", "sha256": "9f86d0…"}]})
