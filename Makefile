@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean
+.PHONY: run test lint typecheck pytest bench bench-quick bench-tools clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.11" >&2; exit 1; }
@@ -42,10 +42,20 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed-bench
+# wrk, nginx and redis-server come from the distribution's packages when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+bench-tools:
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null && \
+	  { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || \
+	  { command -v apt-get >/dev/null || { echo "error: install wrk, nginx and redis-server" >&2; exit 1; }; \
+	    $(SUDO) apt-get update -qq && \
+	    { $(SUDO) apt-get install -y -qq nginx-light wrk redis-server || \
+	      $(SUDO) apt-get install -y -qq nginx wrk redis-server; }; }
+
+bench: $(VENV)/.installed-bench bench-tools
 	$(PY) -m bench.run --full
 
-bench-quick: $(VENV)/.installed-bench
+bench-quick: $(VENV)/.installed-bench bench-tools
 	$(PY) -m bench.run --quick
 
 clean:
