@@ -1,4 +1,5 @@
-"""Liveness and readiness: /healthz and /live (no I/O), /ready (start-up, drain, Redis)."""
+"""Liveness and readiness: /healthz and /live (no I/O), /ready (start-up, drain, Redis),
+/health (the upstream cascade)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import os
 
 from aiohttp import web
 
+from .. import __version__
 from ..lifecycle import LIFECYCLE
 from ..redis_client import redis_of
+from ..settings import SETTINGS
+from ..upstream.health import HEALTH_CASCADE, HealthCascade
+from ..upstream.sessions import UPSTREAMS
 from .access import PUBLIC, declare
 
 _ALIVE = b'{"status":"ok"}'
@@ -38,8 +43,21 @@ async def ready(request: web.Request) -> web.Response:
                              status=200 if ok else 503)
 
 
+async def health(request: web.Request) -> web.Response:
+    """Every upstream probed concurrently (briefly cached): healthy, degraded or unhealthy."""
+    app = request.app
+    report = await app[HEALTH_CASCADE].check(app[UPSTREAMS])
+    body = {"status": report.status, "uptime_s": round(app[LIFECYCLE].uptime_s, 3),
+            "version": __version__,
+            "services": {name: s.as_json() for name, s in report.services.items()}}
+    return web.json_response(body, status=report.http_status,
+                             headers={"Cache-Control": "no-store"})
+
+
 def setup(app: web.Application) -> None:
-    """Add the liveness and readiness routes (public)."""
+    """Add the liveness, readiness and health-cascade routes (public)."""
     for path in ("/healthz", "/live"):
         declare(app, app.router.add_get(path, live, allow_head=True), PUBLIC)
     declare(app, app.router.add_get("/ready", ready, allow_head=True), PUBLIC)
+    app[HEALTH_CASCADE] = HealthCascade(app[SETTINGS])
+    declare(app, app.router.add_get("/health", health, allow_head=True), PUBLIC)
