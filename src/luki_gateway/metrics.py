@@ -6,7 +6,8 @@ registry), so each app, and each test, starts from a fresh set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,6 +26,20 @@ class HttpMetrics:
     requests: Counter
     duration: Histogram
     in_flight: Gauge
+    # Label children by value: skips prometheus-client's per-call label validation and lock.
+    # Bounded: route is a pattern, method one of eight, status a status code.
+    _children: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
+
+    def observe(self, route: str, method: str, status: str, seconds: float) -> None:
+        """Count one answered request and record its duration."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, status),
+                        self.duration.labels(route, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> HttpMetrics:

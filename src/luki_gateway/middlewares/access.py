@@ -58,8 +58,7 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.in_flight.dec()
         route = route_label(request)
         method = method_label(request.method)
-        metrics.requests.labels(route, method, str(status)).inc()
-        metrics.duration.labels(route, method).observe(elapsed)
+        metrics.observe(route, method, str(status), elapsed)
         if request.app[SETTINGS].access_log:
             trace = request.get(REQUEST_TRACE)
             principal = request.get(PRINCIPAL)
