@@ -46,6 +46,7 @@ def assert_security_headers(resp: aiohttp.ClientResponse, *, hsts: bool) -> None
     assert resp.headers["Referrer-Policy"] == "no-referrer"
     assert resp.headers["X-Request-ID"]
     assert resp.headers["traceparent"].startswith("00-")
+    assert resp.headers["Server"] == "luki-gateway"  # no software versions
     assert ("Strict-Transport-Security" in resp.headers) is hsts
     if hsts:
         assert resp.headers["Strict-Transport-Security"].startswith("max-age=")

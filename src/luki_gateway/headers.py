@@ -19,6 +19,8 @@ async def standard_headers(request: web.Request, response: web.StreamResponse) -
     trace = trace_of(request)
     headers["X-Request-ID"] = trace.request_id
     headers["traceparent"] = trace.traceparent
+    # Set before aiohttp's default, which would name Python and aiohttp with versions.
+    headers["Server"] = "luki-gateway"
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
