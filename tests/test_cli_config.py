@@ -41,9 +41,10 @@ def test_precedence_defaults_toml_env_flags(tmp_path: Path) -> None:
                       '[ratelimit]\nper_min = 10\nper_hour = 100\n'
                       '[upstreams]\nagent = "http://toml-agent:1"\nmemory = "http://toml-mem:2"\n')
     proc = run_cli("config", "check", "--config", str(config), "--rate-limit-hour", "300",
-                   "--upstream", "memory=http://flag-mem:3",
+                   "--upstream", "memory=http://flag-mem:3", "--cors-origins", "https://a,https://b",
                    env={"RATE_LIMIT_PER_MIN": "20", "RATE_LIMIT_PER_HOUR": "200",
-                        "MAX_BODY_BYTES": "2000", "MEMORY_URL": "http://env-mem:4"})
+                        "MAX_BODY_BYTES": "2000", "MEMORY_URL": "http://env-mem:4",
+                        "CORS_ORIGINS": "https://env", "LOG_FORMAT": "json"})
     assert proc.returncode == 0, proc.stderr
     conf = effective(proc)
     assert conf["port"] == 8080                        # default
@@ -52,6 +53,8 @@ def test_precedence_defaults_toml_env_flags(tmp_path: Path) -> None:
     assert conf["ratelimit"]["per_min"] == 20          # env over TOML
     assert conf["ratelimit"]["per_hour"] == 300        # flag over env over TOML
     assert conf["upstreams"] == {"agent": "http://toml-agent:1", "memory": "http://flag-mem:3"}
+    assert conf["cors_origins"] == ["https://a", "https://b"]  # flag over env
+    assert conf["log_format"] == "json"                         # env over default
 
 
 def test_luki_config_env_names_the_file(tmp_path: Path) -> None:
