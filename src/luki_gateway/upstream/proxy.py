@@ -42,6 +42,8 @@ log = structlog.get_logger("luki.proxy")
 
 _CLIENT_CHECK_S = 0.5  # how often an idle stream checks that its client is still there
 _MAX_BACKOFF_S = 1.0
+# aiohttp warns above 1 MiB of raw bytes per write; bigger bodies are streamed anyway.
+_MAX_SMALL_BODY = 1 << 20
 _CLIENT_GONE_STATUS = 499  # nginx's "client closed request", for logs and metrics
 
 
@@ -62,7 +64,7 @@ class ProxyConfig:
         return cls(table=RouteTable.from_settings(settings),
                    policy=ForwardingPolicy.parse(settings.trusted_proxies),
                    retries=cfg.retries, backoff_s=cfg.retry_backoff_s,
-                   small_body_bytes=cfg.small_body_bytes)
+                   small_body_bytes=min(cfg.small_body_bytes, _MAX_SMALL_BODY))
 
 
 PROXY = web.AppKey("proxy", ProxyConfig)
