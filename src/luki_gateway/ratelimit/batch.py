@@ -42,8 +42,8 @@ class LuaScript:
 @dataclass(slots=True)
 class _Call:
     script: LuaScript
-    keys: Sequence[str]
-    args: Sequence[str | int | float]
+    keys: Sequence[str | bytes]
+    args: Sequence[str | bytes | int | float]
     future: asyncio.Future[Any]
 
 
@@ -88,8 +88,8 @@ class ScriptBatch:
         # Pipelined round trips made so far (tests check the coalescing with it).
         self.round_trips = 0
 
-    async def run(self, script: LuaScript, keys: Sequence[str],
-                  args: Sequence[str | int | float]) -> Any:
+    async def run(self, script: LuaScript, keys: Sequence[str | bytes],
+                  args: Sequence[str | bytes | int | float]) -> Any:
         """Evaluate ``script``; raises BackendUnavailable or the script's ResponseError."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._down_until:

@@ -135,7 +135,7 @@ class StreamLeases:
 
     def _count(self, outcome: str, group: str) -> None:
         if self.metrics is not None:
-            self.metrics.decisions.labels(f"concurrency_{group}", outcome).inc()
+            self.metrics.decision(f"concurrency_{group}", outcome)
 
     async def forget(self, lease: Lease) -> None:
         """Drop ``lease`` locally and from the store (called by Lease.release)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -15,6 +15,8 @@ class RateLimitMetrics:
     decisions: Counter
     backend_errors: Counter
     leases: Gauge
+    # labels() costs a few µs per call; children are cached per (policy, outcome).
+    _children: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RateLimitMetrics:
@@ -28,6 +30,13 @@ class RateLimitMetrics:
             leases=Gauge("luki_stream_leases", "Stream leases held by this process",
                          ["kind"], registry=registry),
         )
+
+    def decision(self, policy: str, outcome: str) -> None:
+        """Count one decision of ``policy`` with ``outcome``."""
+        child = self._children.get((policy, outcome))
+        if child is None:
+            child = self._children[(policy, outcome)] = self.decisions.labels(policy, outcome)
+        child.inc()
 
     def count_backend_errors(self, count: int) -> None:
         """Callback for ScriptBatch: ``count`` calls failed."""
