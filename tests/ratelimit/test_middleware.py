@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from luki_gateway.app import create_app
-from luki_gateway.auth.principal import Principal
+from luki_gateway.auth.principal import Principal, principal_of
 from luki_gateway.ratelimit.leases import LEASES
 from luki_gateway.ratelimit.quotas import TOKEN_QUOTA
 from luki_gateway.routes.access import RouteAccess, declare
@@ -320,3 +320,47 @@ async def test_every_key_the_rate_limit_area_writes_has_a_ttl(
     finally:
         await lease.release()
         await raw.aclose()
+
+
+async def leased_stream(request: web.Request) -> web.StreamResponse:
+    """A test SSE route holding a stream lease until the client goes away."""
+    lease = await request.app[LEASES].acquire(principal_of(request), "sse")
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        while True:
+            await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(0.05)
+    finally:
+        await lease.release()
+
+
+async def test_client_disconnect_releases_the_lease_within_a_second(
+        aiohttp_client: ClientFactory, make_settings: Callable[..., Settings],
+        backend: str) -> None:
+    """Two streams fill a cap of 2; the third is 429; a client leaving frees its slot < 1 s."""
+    app = create_app(make_settings(**limited(100, 1000, max_streams=2)))
+    declare(app, app.router.add_get("/v1/test/sse", leased_stream), RouteAccess())
+    client: Client = await aiohttp_client(app)
+    headers = bearer("alice")
+    first = await client.get("/v1/test/sse", headers=headers)
+    second = await client.get("/v1/test/sse", headers=headers)
+    assert (first.status, second.status) == (200, 200)
+    await first.content.readline()
+    refused = await client.get("/v1/test/sse", headers=headers)
+    assert refused.status == 429
+    assert (await refused.json())["error"]["details"]["kind"] == "concurrency"
+    loop = asyncio.get_running_loop()
+    first.close()  # the client goes away mid-stream
+    left_at = loop.time()
+    principal = Principal(id="jwt:alice", kind="jwt", subject="alice", scopes=frozenset())
+    async with asyncio.timeout(1.0):
+        while True:
+            if await app[LEASES].open_count(principal, "streams") == 1:
+                break
+            await asyncio.sleep(0.02)  # the release happens in another task; poll for it
+    assert loop.time() - left_at < 1.0
+    third = await client.get("/v1/test/sse", headers=headers)
+    assert third.status == 200
+    second.close()
+    third.close()
