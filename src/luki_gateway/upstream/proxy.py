@@ -180,7 +180,10 @@ async def forward(request: web.Request, route: Route, upstream: Upstream,
     body: bytes | AsyncIterator[bytes] | None = None
     if request.body_exists:
         if length is not None and length <= config.small_body_bytes:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except ConnectionError:
+                return _client_left(request)
         else:
             upload = _Upload(route.max_body_bytes)
             body = upload.chunks(request.content)

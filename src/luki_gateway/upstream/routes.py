@@ -57,11 +57,14 @@ def _resolve(config: RouteConfig, settings: Settings) -> Route:
     if "GET" in methods:
         methods |= {"HEAD"}  # HEAD is GET without the body, as everywhere else
     limit = config.max_body_bytes
+    scopes = {k.upper() if k != "*" else k: v for k, v in config.scopes.items()}
+    if "GET" in scopes and "HEAD" not in scopes:
+        scopes["HEAD"] = scopes["GET"]  # reading headers needs what reading the body needs
     return Route(
         prefix=prefix,
         upstream=config.upstream,
         methods=methods,
-        scopes={k.upper() if k != "*" else k: v for k, v in config.scopes.items()},
+        scopes=scopes,
         timeout_s=config.timeout_s or settings.upstream.timeout_s,
         # A route may lower the global limit, never raise it past what aiohttp accepts.
         max_body_bytes=min(limit, settings.max_body_bytes) if limit else settings.max_body_bytes,
