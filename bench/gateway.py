@@ -83,7 +83,7 @@ def gateway_config(variant: GatewayVariant, port: int, workdir: Path) -> dict[st
     """The TOML-shaped config of ``variant``."""
     config: dict[str, Any] = {
         "environment": "development", "host": "127.0.0.1", "port": port,
-        "log_level": "WARNING", "access_log": False,
+        "log_level": "WARNING", "access_log": False, "shutdown_grace_s": 1.0,
         "upstreams": variant.upstreams or {"bench": "http://127.0.0.1:9"},
         "auth": {"enabled": variant.auth, "jwt_secret": JWT_SECRET,
                  "api_keys_file": str(workdir / "keys.json")},

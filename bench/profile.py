@@ -41,14 +41,14 @@ SMOKE = Profile(
     ratelimit_duration_s=0.5, settle_s=0.2)
 
 QUICK = Profile(
-    name="quick", rounds=3, proxy_duration_s=2.0, proxy_connections=64, fixed_rate=1000,
-    fixed_duration_s=2.0, fanout_levels=(300, 1000), fanout_events=20, fanout_rounds=2,
+    name="quick", rounds=3, proxy_duration_s=1.5, proxy_connections=64, fixed_rate=1000,
+    fixed_duration_s=1.0, fanout_levels=(200, 1000), fanout_events=10, fanout_rounds=2,
     memory_levels=(500, 1000), chat_levels=(1, 50), chat_tokens=10, chat_rounds=2,
-    ratelimit_duration_s=2.0)
+    ratelimit_duration_s=1.5, settle_s=0.5)
 
 FULL = Profile(
-    name="full", rounds=5, proxy_duration_s=6.0, proxy_connections=64, fixed_rate=1000,
-    fixed_duration_s=4.0, fanout_levels=(1000, 10000), fanout_events=100,
+    name="full", rounds=5, proxy_duration_s=5.0, proxy_connections=64, fixed_rate=1000,
+    fixed_duration_s=3.0, fanout_levels=(1000, 10000), fanout_events=100,
     fanout_rounds=2, memory_levels=(1000, 5000, 18000), chat_levels=(1, 100, 300),
     chat_tokens=40, chat_rounds=3, ratelimit_duration_s=5.0)
 
