@@ -48,7 +48,7 @@ class SubscriberPool:
         """Subscribers the server refused or never answered."""
         return sum(c.failed for c in self.clients)
 
-    async def grow(self, total: int, timeout_s: float = 120.0) -> None:
+    async def grow(self, total: int, timeout_s: float = 300.0) -> None:
         """Start more client processes until ``total`` subscribers were attempted."""
         have = sum(c.wanted for c in self.clients)
         started: list[_Client] = []

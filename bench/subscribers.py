@@ -229,19 +229,27 @@ async def _open_one(args: argparse.Namespace, tally: Tally, headers: dict[str, s
             return WsSub(tally, request, args.idle, subscribe)
         return SseSub(tally, request, args.idle)
 
-    async with gate:
-        try:
-            _, proto = await loop.create_connection(factory, "127.0.0.1", args.port)
-            ok = await asyncio.wait_for(proto.ready, args.timeout)
-        except (OSError, TimeoutError):
-            tally.failed += 1
-            return
-    if ok:
+    ok = False
+    proto: _Sub | None = None
+    for attempt in range(3):
+        async with gate:
+            try:
+                _, proto = await loop.create_connection(factory, "127.0.0.1", args.port)
+                ok = await asyncio.wait_for(asyncio.shield(proto.ready), args.timeout)
+            except (OSError, TimeoutError) as exc:
+                tally.report(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+                ok = False
+        if ok or (proto is not None and proto.ready.done()):
+            break  # connected and subscribed, or refused by the server: no retry
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        proto = None
+    if ok and proto is not None:
         tally.ready += 1
         subs.append(proto)
     else:
         tally.failed += 1
-        if proto.transport is not None:
+        if proto is not None and proto.transport is not None:
             proto.transport.close()
 
 
@@ -278,7 +286,7 @@ def main() -> None:
     parser.add_argument("--channel", default="broadcast:bench")
     parser.add_argument("--headers", default="")
     parser.add_argument("--idle", action="store_true")
-    parser.add_argument("--parallel", type=int, default=200)
+    parser.add_argument("--parallel", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
     import resource
