@@ -9,12 +9,12 @@ TOML tables map to sections (``[ratelimit] per_min = 60``); top-level keys to ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -317,13 +317,8 @@ def _marshmallow_field(tp: Any, validators: Any) -> fields.Field[Any]:
     raise TypeError(f"unsupported settings type {tp!r}")
 
 
-_SCHEMAS: dict[type[Any], type[Schema]] = {}
-
-
+@functools.cache  # one schema class per dataclass, derived once
 def _schema_for(cls: type[Any]) -> type[Schema]:
-    cached = _SCHEMAS.get(cls)
-    if cached is not None:
-        return cached
     hints = typing.get_type_hints(cls)
     attrs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -336,9 +331,7 @@ def _schema_for(cls: type[Any]) -> type[Schema]:
                       and f.default_factory is dataclasses.MISSING)
         fld.required = no_default
         attrs[f.name] = fld
-    schema = Schema.from_dict(attrs, name=f"{cls.__name__}Schema")
-    _SCHEMAS[cls] = schema
-    return schema
+    return Schema.from_dict(attrs, name=f"{cls.__name__}Schema")
 
 
 def _build(cls: type[Any], data: Mapping[str, Any]) -> Any:
@@ -599,8 +592,3 @@ def production_problems(settings: Settings) -> list[str]:
     if not settings.auth.enabled:
         problems.append("auth is disabled (AUTH_ENABLED=false)")
     return problems
-
-
-def settings_path_hint() -> str:
-    """Where a newcomer's config would be read from, for messages."""
-    return os.environ.get("LUKI_CONFIG") or str(Path("luki-gateway.toml"))
