@@ -195,6 +195,10 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks, timeout=10)
+    # Requests still unanswered 10 s after the last send count as errors, not as late data.
+    for task in list(tasks):
+        task.cancel()
+        result.errors += 1
     result.duration_s = time.perf_counter() - start
     for conn in idle:
         if conn.transport is not None:
