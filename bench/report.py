@@ -76,16 +76,18 @@ def _proxy(result: dict[str, Any]) -> list[str]:
                      _med(s["cpu_us_per_req"]), _med(s["p50_s"], 1e3, 2),
                      _med(s["p99_s"], 1e3, 2), _med(s["p999_s"], 1e3, 2),
                      _med(s.get("fixed_p99_s"), 1e3, 2), _med(s.get("added_p99_s"), 1e3, 2),
-                     "yes" if c.get("correct") else "NO"])
+                     str(s.get("fixed_errors", "—")), "yes" if c.get("correct") else "NO"])
     p = result["params"]
     return [f"Closed loop: {p.get('load_tool')} at c={p.get('connections')} for "
             f"{p.get('duration_s')} s per round, {p.get('rounds')} interleaved rounds; then "
             f"an open-loop run at {p.get('fixed_rate'):.0f} req/s (latency from the scheduled "
-            f"send time). Upstream: {p.get('upstream')}. req/s is the median of rounds "
+            "send time; 'errors' = requests unanswered, as when a server cannot sustain "
+            "the rate). "
+            f"Upstream: {p.get('upstream')}. req/s is the median of rounds "
             "(± half the min-max spread); CPU is the server process's utime+stime per "
             "request.", "", *_table(
         ["contender", "req/s", "vs naive", "CPU µs/req", "p50 ms", "p99 ms", "p99.9 ms",
-         "p99 @1k/s ms", "added p99 @1k/s ms", "correct"], rows)]
+         "p99 @1k/s ms", "added p99 @1k/s ms", "errors @1k/s", "correct"], rows)]
 
 
 def _fanout(result: dict[str, Any]) -> list[str]:

@@ -223,6 +223,7 @@ def summarise(result: ScenarioResult) -> None:
             added = [r["fixed_rate"]["p99_s"] - direct_p99[r["round"]] for r in c.runs
                      if "fixed_rate" in r and r["round"] in direct_p99]
             s["added_p99_s"] = summary(added)
+            s["fixed_errors"] = sum(f["errors"] + f["non_2xx"] for f in fixed)
         c.summary = s
     base = result.contenders.get(BASELINE)
     base_rps = base.summary.get("rps", {}).get("median") if base else None
