@@ -72,6 +72,8 @@ class _Session:
             return self.refuse_malformed(ValidationFailed(
                 'message must be a JSON object with a string "type"'))
         kind = data["type"]
+        # Replies to a failed message carry its client id (chat turns run several at once).
+        echo = {"id": data["id"]} if "id" in data else {}
         try:
             if kind == "subscribe":
                 await self.subscribe(data)
@@ -89,10 +91,10 @@ class _Session:
                         "unknown message type", details={"type": kind[:64]}))
                 await handler(self.conn, data)
         except GatewayError as err:
-            self.error(err, **({"id": data["id"]} if "id" in data else {}))
+            self.error(err, **echo)
         except Exception:
             log.exception("ws message handler failed", type=kind[:64])
-            self.error(InternalError())
+            self.error(InternalError(), **echo)
         return False
 
     async def subscribe(self, data: dict[str, Any]) -> None:
