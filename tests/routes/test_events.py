@@ -1,0 +1,187 @@
+"""GET /v1/events (SSE) and POST /v1/events/publish on the real app, both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from luki_gateway.hub.hub import HUB
+
+from ..hub.streams import SseReader, wait_until
+
+OPEN = {"auth": {"enabled": False}}
+
+
+async def _publish(client: TestClient[Any, Any], channel: str, data: Any,
+                   event: str | None = None) -> str:
+    body: dict[str, Any] = {"channel": channel, "data": data}
+    if event:
+        body["event"] = event
+    resp = await client.post("/v1/events/publish", json=body)
+    assert resp.status == 200, await resp.text()
+    event_id: str = (await resp.json())["id"]
+    return event_id
+
+
+async def test_sse_stream_headers_ids_and_events(gateway: Callable[..., Any], backend: str
+                                                 ) -> None:
+    """SSE answers with the streaming headers, a retry hint, and id + data on every event."""
+    client = await gateway(hub={"sse_retry_ms": 1500}, **OPEN)
+    resp = await client.get("/v1/events", params={"channel": "broadcast:s"})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    reader = SseReader(resp)
+    first = await _publish(client, "broadcast:s", {"n": 1})
+    second = await _publish(client, "broadcast:s", {"n": 2}, event="update")
+    one, two = await reader.take(2)
+    assert reader.retry == 1500
+    assert (one.id, one.event, one.json()) == (
+        first, "message", {"channel": "broadcast:s", "id": first, "data": {"n": 1}})
+    assert (two.id, two.event, two.json()["data"]) == (second, "update", {"n": 2})
+    resp.close()
+
+
+async def test_sse_resume_with_last_event_id(gateway: Callable[..., Any], backend: str) -> None:
+    """Last-Event-ID (header) and last_event_id (query) replay exactly the missed events."""
+    client = await gateway(**OPEN)
+    ids = [await _publish(client, "broadcast:r", {"n": n}) for n in range(20)]
+    resp = await client.get("/v1/events", params={"channel": "broadcast:r"},
+                            headers={"Last-Event-ID": ids[4]})
+    got = await SseReader(resp).take(15)
+    assert [e.id for e in got] == ids[5:]
+    resp.close()
+    resp = await client.get("/v1/events", params={"channel": "broadcast:r",
+                                                  "last_event_id": ids[17]})
+    reader = SseReader(resp)
+    assert [e.json()["data"]["n"] for e in await reader.take(2)] == [18, 19]
+    live = await _publish(client, "broadcast:r", {"n": 20})
+    assert (await reader.next()).id == live
+    resp.close()
+
+
+async def test_sse_multi_channel_composite_id_resumes_each(gateway: Callable[..., Any],
+                                                           backend: str) -> None:
+    """With several channels the id names every channel's position; resuming restores all."""
+    client = await gateway(**OPEN)
+    params = [("channel", "broadcast:a"), ("channel", "broadcast:b")]
+    resp = await client.get("/v1/events", params=params)
+    reader = SseReader(resp)
+    a1 = await _publish(client, "broadcast:a", {"a": 1})
+    b1 = await _publish(client, "broadcast:b", {"b": 1})
+    first, second = await reader.take(2)
+    assert first.id == f"broadcast:a={a1}"
+    assert second.id == f"broadcast:a={a1},broadcast:b={b1}"
+    resp.close()
+    a2 = await _publish(client, "broadcast:a", {"a": 2})
+    b2 = await _publish(client, "broadcast:b", {"b": 2})
+    resp = await client.get("/v1/events", params=params, headers={"Last-Event-ID": second.id})
+    resumed = await SseReader(resp).take(2)
+    assert sorted(e.json()["id"] for e in resumed) == sorted([a2, b2])
+    resp.close()
+
+
+async def test_sse_gap_and_reset_notices(gateway: Callable[..., Any]) -> None:
+    """An id older than the history gets a gap event; an unknown one a reset event."""
+    client = await gateway(hub={"history_size": 3}, **OPEN)
+    ids = [await _publish(client, "broadcast:g", {"n": n}) for n in range(8)]
+    resp = await client.get("/v1/events", params={"channel": "broadcast:g"},
+                            headers={"Last-Event-ID": ids[0]})
+    reader = SseReader(resp)
+    gap = await reader.next()
+    assert gap.event == "gap" and gap.json() == {"channel": "broadcast:g", "last_id": ids[0]}
+    assert [e.json()["data"]["n"] for e in await reader.take(3)] == [5, 6, 7]
+    resp.close()
+    resp = await client.get("/v1/events", params={"channel": "broadcast:never"},
+                            headers={"Last-Event-ID": "12-0"})
+    reset = await SseReader(resp).next()
+    assert reset.event == "reset"
+    resp.close()
+
+
+async def test_sse_refusals_before_streaming(gateway: Callable[..., Any]) -> None:
+    """Missing/bad channels and bad ids are JSON errors, never a started stream."""
+    client = await gateway(**OPEN)
+    for params, code in [({}, 400), ({"channel": "nope"}, 400),
+                         ({"channel": "user:" + "x" * 300}, 400),
+                         ({"channel": "broadcast:a", "last_event_id": "garbage"}, 400)]:
+        resp = await client.get("/v1/events", params=params)
+        assert resp.status == code, params
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_sse_needs_credentials_when_auth_is_on(gateway: Callable[..., Any]) -> None:
+    """Without credentials the stream is refused with 401 in the error shape."""
+    client = await gateway()
+    resp = await client.get("/v1/events", params={"channel": "broadcast:a"})
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_sse_heartbeat_and_disconnect_frees_resources(gateway: Callable[..., Any]
+                                                            ) -> None:
+    """Heartbeat comments flow; a client that leaves is forgotten by the hub promptly."""
+    client = await gateway(hub={"sse_heartbeat_s": 0.1}, **OPEN)
+    resp = await client.get("/v1/events", params={"channel": "broadcast:h"})
+    reader = SseReader(resp)
+    hub = client.app[HUB] if client.app is not None else None
+    assert hub is not None
+    await _publish(client, "broadcast:h", {"n": 1})
+    await reader.next()
+    await wait_until(lambda: reader.comments >= 0 and len(hub.connections) == 1)
+    raw = await resp.content.readuntil(b"\n\n")
+    assert raw.startswith(b": ping")
+    resp.close()
+    await wait_until(lambda: not hub.connections, within=5)
+    assert hub.local_count("broadcast:h") == 0
+
+
+async def test_publish_validation(gateway: Callable[..., Any]) -> None:
+    """Malformed bodies, wrong types, unknown fields, bad names and oversize data are refused."""
+    client = await gateway(hub={"publish_max_bytes": 1024}, **OPEN)
+    cases: list[tuple[Any, int]] = [
+        (b"{not json", 400), (b"[1]", 400), (b"", 400),
+        ({"channel": "broadcast:a"}, 422),
+        ({"channel": "broadcast:a", "data": [1, 2]}, 422),
+        ({"channel": "broadcast:a", "data": "text"}, 422),
+        ({"channel": 5, "data": {}}, 422),
+        ({"channel": "broadcast:a", "data": {}, "extra": 1}, 422),
+        ({"channel": "broadcast:a", "data": {}, "event": "bad name\n"}, 422),
+        ({"channel": "nochannel", "data": {}}, 400),
+        ({"channel": "broadcast:a", "data": {"x": "y" * 2000}}, 413),
+        ({"events": []}, 422),
+        ({"events": [{"channel": "broadcast:a", "data": {}}] * 101}, 422),
+    ]
+    for body, status in cases:
+        if isinstance(body, bytes):
+            resp = await client.post("/v1/events/publish", data=body,
+                                     headers={"Content-Type": "application/json"})
+        else:
+            resp = await client.post("/v1/events/publish", json=body)
+        assert resp.status == status, (body if len(str(body)) < 200 else "big", status)
+        error = (await resp.json())["error"]
+        assert error["code"] in ("VALIDATION_ERROR", "PAYLOAD_TOO_LARGE")
+        assert error["trace_id"]
+
+
+async def test_publish_batch_in_order(gateway: Callable[..., Any], backend: str) -> None:
+    """A batch is published in order; each result has its id and local delivery count."""
+    client = await gateway(**OPEN)
+    ws = await client.ws_connect("/v1/ws")
+    await ws.receive_json(timeout=5)
+    await ws.send_json({"type": "subscribe", "channel": "broadcast:batch"})
+    await ws.receive_json(timeout=5)
+    events = [{"channel": "broadcast:batch", "data": {"n": n}} for n in range(5)]
+    events.append({"channel": "broadcast:elsewhere", "data": {"n": 99}})
+    resp = await client.post("/v1/events/publish", json={"events": events})
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert [r["delivered_local"] for r in results] == [1, 1, 1, 1, 1, 0]
+    got = [await ws.receive_json(timeout=5) for _ in range(5)]
+    assert [m["data"]["n"] for m in got] == list(range(5))
+    assert [m["id"] for m in got] == [r["id"] for r in results[:5]]
+    await ws.close()
