@@ -14,6 +14,7 @@ from ..errors import PayloadTooLarge, Unauthenticated, ValidationFailed
 from ..hub.channels import publish_refusal, subscribe_refusal, validate_channel
 from ..hub.hub import HUB, close_streams
 from ..hub.sse_stream import SseStream, parse_last_event_id
+from ..ratelimit.leases import LEASES
 from ..settings import SETTINGS
 from ..validation import load, parse_json, read_body
 from .access import RouteAccess, declare
@@ -85,7 +86,6 @@ async def subscribe_sse(request: web.Request) -> web.StreamResponse:
     """SSE stream of one or more channels; resumes after ``Last-Event-ID``/``last_event_id``."""
     app = request.app
     settings = app[SETTINGS].hub
-    hub = app[HUB]
     channels = list(dict.fromkeys(request.query.getall("channel", [])))
     if not channels:
         raise ValidationFailed("at least one channel query parameter is required")
@@ -105,6 +105,19 @@ async def subscribe_sse(request: web.Request) -> web.StreamResponse:
     if raw_last.strip() and not resume:
         raise ValidationFailed("Last-Event-ID is not an event id of these channels")
 
+    lease = await app[LEASES].acquire(principal, "sse") if LEASES in app else None
+    try:
+        return await _stream(request, principal, channels, resume)
+    finally:
+        if lease is not None:
+            await lease.release()
+
+
+async def _stream(request: web.Request, principal: Principal, channels: list[str],
+                  resume: dict[str, str]) -> web.StreamResponse:
+    """Prepare the event stream, replay what was asked for, then stay live until closed."""
+    settings = request.app[SETTINGS].hub
+    hub = request.app[HUB]
     response = EventSourceResponse(ping_interval=settings.sse_heartbeat_s, sep="\n")
     await response.prepare(request)
     await response.write(b"retry: %d\n\n" % settings.sse_retry_ms)

@@ -13,8 +13,10 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
+from ..auth.authenticator import AUTHENTICATOR
 from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
 from ..errors import (
+    Forbidden,
     GatewayError,
     InternalError,
     Unauthenticated,
@@ -25,6 +27,7 @@ from ..hub.channels import subscribe_refusal, validate_channel
 from ..hub.history import parse_id
 from ..hub.hub import HUB
 from ..hub.ws_subscriber import WsSubscriber
+from ..ratelimit.leases import LEASES, Lease
 from ..settings import SETTINGS
 from ..tracing import trace_of
 from .access import RouteAccess, declare
@@ -79,6 +82,8 @@ class _Session:
                 await self.subscribe(data)
             elif kind == "unsubscribe":
                 self.unsubscribe(data)
+            elif kind == "auth":
+                await self.refresh(data)
             elif kind == "ping":
                 reply: dict[str, Any] = {"type": "pong"}
                 if "id" in data:
@@ -123,6 +128,17 @@ class _Session:
         self.conn.send_json({**reply, "last_id": last_id})
         await hub.subscribe_from(self.conn, channel, last_id)
 
+    async def refresh(self, data: dict[str, Any]) -> None:
+        """``auth`` on an open socket: fresh credentials for the same caller (token expiry)."""
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValidationFailed('auth needs a "token" string')
+        principal = await self.request.app[AUTHENTICATOR].authenticate_token(token)
+        if principal.id != self.conn.principal.id:
+            raise Forbidden("auth must keep the same principal on an open socket")
+        self.conn.replace_principal(principal)
+        self.conn.send_json({"type": "authenticated", "expires_at": principal.expires_at})
+
     def unsubscribe(self, data: dict[str, Any]) -> None:
         channel = validate_channel(data.get("channel"))
         if not self.request.app[HUB].unsubscribe(self.conn, channel):
@@ -131,19 +147,67 @@ class _Session:
         self.conn.send_json({"type": "unsubscribed", "channel": channel})
 
 
+async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse
+                              ) -> Principal | None:
+    """Wait for ``{"type":"auth","token":...}``; None (socket closed 4401) when it fails."""
+    app = request.app
+    trace_id = trace_of(request).trace_id
+    failure: GatewayError = Unauthenticated(
+        'send {"type":"auth","token":...} first, or the token in Authorization '
+        "or Sec-WebSocket-Protocol")
+    try:
+        msg = await ws.receive(timeout=app[SETTINGS].auth.ws_auth_timeout_s)
+        data = json.loads(msg.data) if msg.type is WSMsgType.TEXT else None
+        if (isinstance(data, dict) and data.get("type") == "auth"
+                and isinstance(data.get("token"), str)):
+            return await app[AUTHENTICATOR].authenticate_token(data["token"])
+    except GatewayError as err:
+        failure = err
+    except (TimeoutError, ValueError, RecursionError):
+        pass
+    if not ws.closed:
+        await ws.send_json(error_message(failure, trace_id))
+        await ws.close(code=4401, message=b"unauthenticated")
+    return None
+
+
+async def _lease(request: web.Request, principal: Principal) -> Lease | None:
+    app = request.app
+    return await app[LEASES].acquire(principal, "ws") if LEASES in app else None
+
+
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     """Upgrade, authenticate, then read messages until the socket closes."""
     app = request.app
     settings = app[SETTINGS]
-    hub = app[HUB]
     principal = _principal(request)
+    # With credentials up front, a concurrency refusal is a plain HTTP 429.
+    lease = await _lease(request, principal) if principal is not None else None
     ws = web.WebSocketResponse(protocols=("bearer",), autoping=False, compress=False,
                                max_msg_size=settings.hub.ws_max_message_bytes)
-    await ws.prepare(request)
-    if principal is None:
-        await ws.send_json(error_message(Unauthenticated(), trace_of(request).trace_id))
-        await ws.close(code=4401, message=b"unauthenticated")
-        return ws
+    try:
+        await ws.prepare(request)
+        if principal is None:
+            principal = await _first_message_auth(request, ws)
+            if principal is None:
+                return ws
+            try:
+                lease = await _lease(request, principal)
+            except GatewayError as err:
+                await ws.send_json(error_message(err, trace_of(request).trace_id))
+                await ws.close(code=1013, message=b"try again later")
+                return ws
+        await _serve(request, ws, principal)
+    finally:
+        if lease is not None:
+            await lease.release()
+    return ws
+
+
+async def _serve(request: web.Request, ws: web.WebSocketResponse, principal: Principal
+                 ) -> None:
+    """Register the connection and read its messages until it closes."""
+    hub = request.app[HUB]
     transport = request.transport
     assert transport is not None  # prepared: the connection is open
     conn = WsSubscriber(hub, principal, transport, request.protocol, ws)
@@ -173,7 +237,6 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     finally:
         conn.close()
         await conn.run_close_callbacks()
-    return ws
 
 
 def setup(app: web.Application) -> None:
