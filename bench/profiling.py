@@ -44,6 +44,21 @@ def top_frames(collapsed: str, limit: int = 25) -> tuple[list[tuple[str, float]]
             [(f, n / total) for f, n in own.most_common(limit)])
 
 
+def self_by_package(collapsed: str) -> list[tuple[str, float]]:
+    """Self share of samples per top-level package (luki_gateway, aiohttp, redis, ...)."""
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        total += int(count_text)
+        leaf = stack.split(";")[-1]
+        where = leaf[leaf.rfind("(") + 1:].split("/")[0] if "(" in leaf else "?"
+        own[where] += int(count_text)
+    return [(pkg, n / total) for pkg, n in own.most_common(15)] if total else []
+
+
 async def _load_proxy(ctx: Context, name: str, seconds: float) -> tuple[Server, str]:
     from .scenarios import proxy
 
@@ -114,6 +129,9 @@ async def main_async(args: argparse.Namespace) -> int:
     print("== self share")
     for frame, share in own:
         print(f"{share * 100:5.1f}%  {frame}")
+    print("== self share by package")
+    for pkg, share in self_by_package(text):
+        print(f"{share * 100:5.1f}%  {pkg}")
     return 0
 
 
