@@ -34,7 +34,8 @@ from .subscriber import Subscriber
 
 log = structlog.get_logger("luki.hub")
 
-SWEEP_MAX_INTERVAL_S = 5.0
+# Credential expiry is noticed within this long (pings go out every ws_heartbeat_s).
+SWEEP_MAX_INTERVAL_S = 1.0
 
 
 class Hub:
