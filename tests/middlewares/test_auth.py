@@ -123,6 +123,18 @@ async def test_token_in_query_string_is_refused(probe: Callable[..., Any], param
     assert "URL" in body["error"]["message"]
 
 
+async def test_credential_shaped_query_values_are_refused(probe: Callable[..., Any]) -> None:
+    """A JWT or API key under any parameter name is refused; ordinary params are fine."""
+    p = await probe()
+    token = make_token("alice", ("chat:write",))
+    key = "sk_live_" + "A" * 43
+    for query in (f"key={key}", f"q={token}", f"auth={token}"):
+        resp = await p.client.post(f"/t/chat?{query}", headers=bearer("alice"))
+        await assert_refused(resp, p)
+    resp = await p.client.post("/t/chat?key=user-42&page_token=abc&q=eyJ", headers=bearer())
+    assert resp.status == 200
+
+
 async def test_client_supplied_principal_header_is_ignored(probe: Callable[..., Any]) -> None:
     """X-LUKi-Principal / X-LUKi-Scopes from the client authenticate nobody."""
     p = await probe()

@@ -8,6 +8,8 @@ without a principal so the handler can authenticate from the first message.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from structlog.contextvars import bind_contextvars
@@ -24,7 +26,9 @@ from ..settings import SETTINGS
 # Query parameters that carry credentials: refused on every route (URLs end up in logs,
 # browser history and Referer headers); only a short-lived ?ticket= is ever accepted.
 _QUERY_CREDENTIALS = frozenset({"access_token", "token", "api_key", "apikey", "jwt",
-                                "id_token", "auth", "bearer", "key"})
+                                "id_token", "bearer"})
+# ... and values that look like our keys or a JWT, under any parameter name.
+_CREDENTIAL_VALUE = re.compile(r"sk_(?:live|test|dev)_\S{16,}|eyJ[\w-]+\.[\w-]+\.")
 WS_BEARER_PROTOCOL = "bearer"
 
 
@@ -47,8 +51,9 @@ async def _resolve(request: web.Request, access: RouteAccess,
                    authenticator: Authenticator) -> Principal | None:
     query = request.query
     ticket_route = access.ticket and request.method in ("GET", "HEAD")
-    if any(name.lower() in _QUERY_CREDENTIALS for name in query) or (
-            "ticket" in query and not ticket_route):
+    if (any(name.lower() in _QUERY_CREDENTIALS for name in query)
+            or ("ticket" in query and not ticket_route)
+            or any(_CREDENTIAL_VALUE.match(value) for value in query.values())):
         raise _refuse(authenticator, "token_in_query",
                       "credentials are not accepted in the URL of this route")
     header = request.headers.get("Authorization")
