@@ -77,3 +77,14 @@ async def test_ready_reports_redis_down(gateway: Callable[..., Any], redis_url: 
         if resp.status == 200:
             break
     assert resp.status == 200
+
+
+async def test_starts_with_redis_down_and_is_not_ready(gateway: Callable[..., Any], redis_url: str,
+                                                       redis_server: RedisServer) -> None:
+    """Redis down at start-up: the gateway still starts (alive) but is not ready."""
+    redis_server.kill()
+    client = await gateway(redis_url=redis_url)
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/ready")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["redis"].startswith("unreachable")

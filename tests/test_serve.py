@@ -36,12 +36,23 @@ class Served:
 @pytest.fixture
 def serve_two(tmp_path: Path) -> Iterator[Served]:
     """Start `serve --workers 2` (with a /test/slow route) on a free port; kill it at the end."""
+    yield from _serve(tmp_path, workers=2)
+
+
+@pytest.fixture
+def serve_one(tmp_path: Path) -> Iterator[Served]:
+    """Start plain `serve` (one process, no supervisor) on a free port; kill it at the end."""
+    yield from _serve(tmp_path, workers=1)
+
+
+def _serve(tmp_path: Path, workers: int) -> Iterator[Served]:
+    """Run the probe CLI's `serve` until the test ends."""
     port = free_port()
     log = tmp_path / "serve.log"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
            "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_FORMAT": "json"}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(PROBE), "serve", "--workers", "2",
+        proc = subprocess.Popen([sys.executable, str(PROBE), "serve", "--workers", str(workers),
                                  "--port", str(port)], env=env, stdout=out, stderr=out)
     served = Served(proc, port, log)
     yield served
@@ -95,6 +106,18 @@ async def test_two_workers_answer_and_sigterm_drains(serve_two: Served) -> None:
     assert log.count('"worker listening"') == 2
     assert log.count('"worker stopped"') == 2
     assert "Traceback" not in log
+
+
+async def test_single_process_serve_drains_on_sigterm(serve_one: Served) -> None:
+    """Without workers the serving process itself answers and drains on SIGTERM."""
+    assert await worker_pids(serve_one, want=1) == {serve_one.proc.pid}
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{serve_one.url}/test/slow?ms=800") as resp:
+        assert await resp.content.readline() == b"started\n"
+        serve_one.proc.send_signal(signal.SIGTERM)
+        assert await resp.content.read() == b"finished\n"
+    assert await asyncio.to_thread(serve_one.proc.wait, GRACE_S * 2 + 5) == 0
+    assert "Traceback" not in serve_one.log_text()
 
 
 async def test_workers_follow_a_vanished_supervisor(serve_two: Served) -> None:
