@@ -99,3 +99,24 @@ def test_redact_text_keeps_ordinary_text() -> None:
     for text in ("GET /v1/chat?page=2&sort=asc", "user alice sent 3 tokens",
                  "request_id=abc-123 token count 7", "skip_this_word"):
         assert redact_text(text) == text
+
+
+def test_format_follows_environment() -> None:
+    """log_format auto: JSON lines outside development, the console format in development."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    outputs = {}
+    try:
+        for environment in ("production", "development"):
+            stream = io.StringIO()
+            configure_logging(Settings(environment=environment), stream)
+            structlog.get_logger("luki.test").info("hello", n=1)
+            outputs[environment] = stream.getvalue().strip()
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = saved
+    line = json.loads(outputs["production"])
+    assert (line["event"], line["n"], line["level"]) == ("hello", 1, "info")
+    assert line["timestamp"].endswith("Z")
+    assert not outputs["development"].startswith("{")
+    assert "hello" in outputs["development"] and "n=1" in outputs["development"]

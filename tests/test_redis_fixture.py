@@ -48,3 +48,10 @@ async def test_kill_then_restart(redis_server: RedisServer, redis_url: str) -> N
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+def test_missing_redis_server_fails_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a redis-server binary the fixture fails (never skips) saying how to install it."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RuntimeError, match="apt-get install redis-server"):
+        RedisServer()
