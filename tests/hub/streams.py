@@ -98,6 +98,13 @@ def stop_reading(writer: asyncio.StreamWriter) -> None:
     transport.pause_reading()
 
 
+def resume_reading(writer: asyncio.StreamWriter) -> None:
+    """Read again (to inspect what the gateway sent after the stall)."""
+    transport = writer.transport
+    assert isinstance(transport, asyncio.ReadTransport)
+    transport.resume_reading()
+
+
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
     """Poll a condition the gateway offers no event for (e.g. a connection forgotten)."""
     async with asyncio.timeout(within):

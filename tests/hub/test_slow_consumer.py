@@ -1,0 +1,117 @@
+"""One client stops reading: everyone else still gets every event; the slow one meets policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from luki_gateway.hub.hub import HUB, Hub
+
+from .streams import resume_reading, stalled_ws, stop_reading, wait_until, ws_client_frame
+
+CHANNEL = "broadcast:load"
+EVENTS = 300
+QUEUE_BYTES = 64 * 1024
+
+
+def _hub(client: TestClient[Any, Any]) -> Hub:
+    assert client.app is not None
+    return client.app[HUB]
+
+
+async def _fast_reader(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[int]:
+    got = []
+    while len(got) < count:
+        message = await ws.receive_json(timeout=10)
+        if message["type"] == "event":
+            got.append(message["data"]["n"])
+    return got
+
+
+async def _drain_raw(reader: asyncio.StreamReader, stop: bytes) -> bytes:
+    """Everything the stalled peer was sent, up to and including ``stop`` (or EOF)."""
+    seen = bytearray()
+    async with asyncio.timeout(10):
+        while stop not in seen:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            seen += chunk
+    return bytes(seen)
+
+
+async def _setup(gateway: Callable[..., Any], policy: str
+                 ) -> tuple[TestClient[Any, Any], list[aiohttp.ClientWebSocketResponse],
+                            asyncio.StreamReader, asyncio.StreamWriter]:
+    client = await gateway(auth={"enabled": False},
+                           hub={"slow_consumer_policy": policy, "queue_max_bytes": QUEUE_BYTES,
+                                "queue_max_messages": 100})
+    fast = []
+    for _ in range(3):
+        ws = await client.ws_connect("/v1/ws")
+        await ws.receive_json(timeout=5)
+        await ws.send_json({"type": "subscribe", "channel": CHANNEL})
+        assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
+        fast.append(ws)
+    reader, writer = await stalled_ws(client.host, client.port)
+    writer.write(ws_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
+    await writer.drain()
+    hub = _hub(client)
+    await wait_until(lambda: hub.local_count(CHANNEL) == 4)
+    # Small kernel buffers on both ends: the backlog reaches the gateway's queue quickly.
+    stalled = list(hub.connections.values())[-1]
+    stalled.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    return client, fast, reader, writer
+
+
+async def _publish_burst(client: TestClient[Any, Any], hub: Hub) -> int:
+    """Publish EVENTS events of ~4 KB in batches; returns the largest queue seen (bytes)."""
+    worst = 0
+    pad = "x" * 4000
+    for start in range(0, EVENTS, 50):
+        batch = [{"channel": CHANNEL, "data": {"n": n, "pad": pad}}
+                 for n in range(start, start + 50)]
+        resp = await client.post("/v1/events/publish", json={"events": batch})
+        assert resp.status == 200
+        worst = max([worst, *(sub.queued_bytes for sub in hub.connections.values())])
+    return worst
+
+
+@pytest.mark.parametrize("policy", ["disconnect", "drop_oldest", "coalesce"])
+async def test_slow_consumer_never_slows_the_others(gateway: Callable[..., Any],
+                                                    policy: str) -> None:
+    """Fast readers get all events in order; the stalled one is bounded and handled by policy."""
+    client, fast, reader, writer = await _setup(gateway, policy)
+    hub = _hub(client)
+    readers = [asyncio.create_task(_fast_reader(ws, EVENTS)) for ws in fast]
+    worst = await _publish_burst(client, hub)
+    for task in readers:
+        assert await task == list(range(EVENTS))
+    assert worst <= QUEUE_BYTES
+    assert hub.slow_actions[policy] >= 1
+    last = b'"n":%d,' % (EVENTS - 1)
+    if policy == "disconnect":
+        assert len(hub.connections) == 3
+        resume_reading(writer)
+        seen = await _drain_raw(reader, b"\x88")
+        assert b"SLOW_CONSUMER" in seen
+    else:
+        assert len(hub.connections) == 4
+        resume_reading(writer)
+        seen = await _drain_raw(reader, last)
+        assert last in seen
+        assert seen.count(b'"type":"event"') < EVENTS
+        if policy == "drop_oldest":
+            assert b'"type":"gap"' in seen
+    writer.close()
+    for ws in fast:
+        await ws.close()
