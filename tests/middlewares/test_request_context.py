@@ -14,6 +14,8 @@ from luki_gateway.app import create_app
 from luki_gateway.routes.access import PUBLIC, declare
 from luki_gateway.settings import Settings
 
+from ..conftest import bearer
+
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -99,3 +101,18 @@ async def test_trace_and_request_id_ride_on_every_log_line(
     access = [line for line in lines if line["event"] == "request"]
     assert access[0]["route"] == "/test/log" and access[0]["status"] == 200
     assert {"method", "path", "bytes", "duration_ms", "principal"} <= set(access[0])
+
+
+async def test_access_line_names_the_principal(
+        gateway: Callable[..., Any], captured_logs: Callable[[], list[dict[str, Any]]]) -> None:
+    """Once auth knows the caller, the access line carries it (never the credential)."""
+    client = await gateway(access_log=True)
+    resp = await client.get("/v1/me", headers=bearer("alice", ("chat:write",)))
+    assert resp.status == 200
+    resp = await client.get("/v1/me")
+    assert resp.status == 401
+    access = [line for line in captured_logs() if line["event"] == "request"]
+    assert [(line["route"], line["status"]) for line in access] == [("/v1/me", 200),
+                                                                     ("/v1/me", 401)]
+    assert "alice" in access[0]["principal"]
+    assert access[1]["principal"] is None
