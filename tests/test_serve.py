@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,3 +140,23 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize(("workers", "message"), [("1", "luki-gateway: cannot start: "),
+                                                  ("2", "worker failed at start-up; stopping")])
+def test_port_taken_stops_with_one_line_per_process(workers: str, message: str) -> None:
+    """A taken port: exit 1 with a clear line, no traceback, no restart loop."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "luki_gateway", "serve", "--workers", workers,
+             "--port", str(port)],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_FORMAT": "console"},
+            capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr
+    assert "address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "worker listening" not in proc.stderr

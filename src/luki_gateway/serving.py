@@ -83,13 +83,13 @@ def run_worker(settings: Settings, *, reuse_port: bool,
     if before_start is not None:
         app.on_startup.insert(0, before_start)
 
-    async def announce(_: web.Application) -> None:
+    def announce(_: str) -> None:
+        # run_app "prints" once the socket is bound: the one moment we are really listening.
         log.info("worker listening", host=settings.host, port=settings.port, pid=os.getpid(),
                  uvloop=fast_loop, environment=settings.environment)
 
-    app.on_startup.append(announce)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
-                shutdown_timeout=settings.shutdown_grace_s, access_log=None, print=None,
+                shutdown_timeout=settings.shutdown_grace_s, access_log=None, print=announce,
                 handle_signals=True)
     log.info("worker stopped", pid=os.getpid())
 
@@ -98,7 +98,12 @@ def _worker_main(data: dict[str, Any]) -> None:
     """Entry point of a spawned worker: settings arrive as plain data (they are not picklable)."""
     os.setpgrp()  # Ctrl+C on the terminal goes to the supervisor only; it forwards SIGTERM
     settings = load_settings(environ={}, overrides=data)
-    run_worker(settings, reuse_port=True, supervised=True)
+    try:
+        run_worker(settings, reuse_port=True, supervised=True)
+    except OSError as exc:
+        # e.g. the port is taken: one line, not multiprocessing's traceback
+        log.error("worker cannot start", error=str(exc), pid=os.getpid())
+        raise SystemExit(1) from None
 
 
 class Supervisor:
