@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# W3C trace context: lowercase hex only; versions after 00 may append "-..." fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -34,8 +35,9 @@ class TraceContext:
         trace_id = None
         flags = "01"
         if traceparent:
-            match = _TRACEPARENT.fullmatch(traceparent.strip().lower())
-            if match and match[1] != "ff" and match[2] != _ZERO_TRACE and match[3] != _ZERO_SPAN:
+            match = _TRACEPARENT.fullmatch(traceparent.strip())
+            if (match and match[1] != "ff" and (match[5] is None or match[1] != "00")
+                    and match[2] != _ZERO_TRACE and match[3] != _ZERO_SPAN):
                 trace_id, flags = match[2], match[4]
         if trace_id is None:
             trace_id = os.urandom(16).hex()

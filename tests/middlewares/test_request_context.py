@@ -57,6 +57,13 @@ async def test_valid_traceparent_continues_the_trace(gateway: Callable[..., Any]
     assert (await resp.json())["error"]["trace_id"] == TRACE
 
 
+async def test_future_traceparent_version_is_read(gateway: Callable[..., Any]) -> None:
+    """A later version with extra fields: its first four fields are still understood."""
+    client = await gateway()
+    resp = await client.get("/healthz", headers={"traceparent": f"01-{TRACE}-{PARENT}-01-x-y"})
+    assert resp.headers["traceparent"].startswith(f"00-{TRACE}-")
+
+
 @pytest.mark.parametrize("header", [
     f"ff-{TRACE}-{PARENT}-01",                 # forbidden version
     f"00-{'0' * 32}-{PARENT}-01",              # all-zero trace id
@@ -64,6 +71,8 @@ async def test_valid_traceparent_continues_the_trace(gateway: Callable[..., Any]
     f"00-{TRACE[:-1]}-{PARENT}-01",            # short trace id
     f"00-{TRACE}-{PARENT}",                    # no flags
     f"00-{TRACE.replace('4', 'g')}-{PARENT}-01",  # not hex
+    f"00-{TRACE.upper()}-{PARENT}-01",         # upper case is not allowed
+    f"00-{TRACE}-{PARENT}-01-extra",           # version 00 has exactly four fields
     "garbage",
 ])
 async def test_invalid_traceparent_starts_a_new_trace(gateway: Callable[..., Any],
