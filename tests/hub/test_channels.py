@@ -1,0 +1,73 @@
+"""Channel names, subscribe rules and per-channel slow-consumer policies."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from luki_gateway.auth.principal import ANONYMOUS, Principal
+from luki_gateway.errors import Forbidden, InsufficientScope, ValidationFailed
+from luki_gateway.hub.channels import (
+    policy_for,
+    publish_refusal,
+    subscribe_refusal,
+    validate_channel,
+)
+from luki_gateway.settings import HubSettings
+
+
+def _who(sub: str, *scopes: str) -> Principal:
+    return Principal(id=f"jwt:{sub}", kind="jwt", subject=sub, scopes=frozenset(scopes))
+
+
+@pytest.mark.parametrize("name", ["user:alice", "user:alice:notes", "session:s-1.2",
+                                  "broadcast:news", "user:a@b.c"])
+def test_valid_names(name: str) -> None:
+    """Well-formed names of the three kinds pass unchanged."""
+    assert validate_channel(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "alice", "user:", "user:a b", "user:a,b", "user:a=b",
+                                  "other:x", "user:a\n", "user::x", "x" * 300, 5, None])
+def test_invalid_names(name: object) -> None:
+    """Wrong kinds, empty segments, separators and over-long names are VALIDATION_ERROR."""
+    with pytest.raises(ValidationFailed):
+        validate_channel(name)
+
+
+def test_subscribe_rules() -> None:
+    """Own user channels, owned sessions and broadcast (when enabled) only."""
+    settings = HubSettings()
+    alice = _who("alice")
+    assert subscribe_refusal(alice, "user:alice", settings) is None
+    assert subscribe_refusal(alice, "user:alice:feed", settings) is None
+    assert isinstance(subscribe_refusal(alice, "user:bob", settings), Forbidden)
+    assert isinstance(subscribe_refusal(alice, "user:alice2", settings), Forbidden)
+    assert subscribe_refusal(alice, "broadcast:x", settings) is None
+    assert subscribe_refusal(alice, "session:alice.7", settings) is None
+    assert isinstance(subscribe_refusal(alice, "session:bob", settings), Forbidden)
+    closed = HubSettings(broadcast_subscribe=False, session_subscribe="none")
+    assert isinstance(subscribe_refusal(alice, "broadcast:x", closed), Forbidden)
+    assert isinstance(subscribe_refusal(alice, "session:alice", closed), Forbidden)
+    anyone = HubSettings(session_subscribe="any")
+    assert subscribe_refusal(alice, "session:bob", anyone) is None
+    assert subscribe_refusal(ANONYMOUS, "user:bob", settings) is None
+    assert subscribe_refusal(_who("ops", "events:subscribe:*"), "user:bob", settings) is None
+
+
+def test_publish_needs_scope() -> None:
+    """Publishing needs events:publish exactly (or an explicitly granted wildcard)."""
+    assert isinstance(publish_refusal(_who("a", "events:publisher")), InsufficientScope)
+    assert publish_refusal(_who("a", "events:publish")) is None
+    assert publish_refusal(_who("a", "events:*")) is None
+
+
+def test_policy_per_channel_pattern() -> None:
+    """The first matching glob wins; the default applies otherwise."""
+    settings = HubSettings(slow_consumer_policy="drop_oldest",
+                           channel_policies=types.MappingProxyType(
+                               {"broadcast:prices*": "coalesce", "user:*": "disconnect"}))
+    assert policy_for("broadcast:prices.eur", settings) == "coalesce"
+    assert policy_for("user:alice", settings) == "disconnect"
+    assert policy_for("broadcast:news", settings) == "drop_oldest"
