@@ -30,6 +30,8 @@ class Profile:
     ratelimit_duration_s: float
     # Client processes share the subscribers of one level
     subscribers_per_process: int = 2500
+    # A level of 1 concurrent turn runs this many turns one after another (TTFT samples)
+    chat_single_turns: int = 5
     # Pause before reading RSS, so per-connection start-up work has finished
     settle_s: float = 1.0
 
@@ -38,7 +40,7 @@ SMOKE = Profile(
     name="smoke", rounds=1, proxy_duration_s=0.5, proxy_connections=8, fixed_rate=100,
     fixed_duration_s=0.5, fanout_levels=(20,), fanout_events=3, fanout_rounds=1,
     memory_levels=(20, 40), chat_levels=(2,), chat_tokens=4, chat_rounds=1,
-    ratelimit_duration_s=0.5, settle_s=0.2)
+    ratelimit_duration_s=0.5, settle_s=0.2, chat_single_turns=1)
 
 QUICK = Profile(
     name="quick", rounds=3, proxy_duration_s=1.5, proxy_connections=64, fixed_rate=1000,

@@ -138,6 +138,14 @@ def _chat(result: dict[str, Any]) -> list[str]:
                          _med(e["added_ttft_p99_s"], 1e3, 2), _med(e["gap_p99_s"], 1e3, 1),
                          _med(e["added_gap_p99_s"], 1e3, 2), _med(e["cpu_us_per_token"]),
                          f"{e['complete']}/{e['turns']}"])
+    own = [f"{level} turns: {_med(e.get('gw_own_ttft_mean_s'), 1e3, 2)} ms"
+           for level, e in sorted(result["contenders"].get("gw-chat", {}).get("summary", {})
+                                  .get("levels", {}).items(), key=lambda i: int(i[0]))]
+    if own:
+        rows.append(["gateway's own view: mean time from request to the upstream request "
+                     "(`luki_chat_time_to_first_token_seconds` minus "
+                     "`luki_chat_upstream_ttft_seconds`)", "; ".join(own), "", "", "", "", "",
+                     "", ""])
     p = result["params"]
     return [f"Reference agent streaming {p.get('tokens_per_turn')} tokens per turn at "
             f"{p.get('tokens_per_s'):.0f} tokens/s; N turns started together; "

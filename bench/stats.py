@@ -17,7 +17,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(ordered[rank])
 
 
-def summary(values: Iterable[float]) -> dict[str, Any]:
+def summary(values: Iterable[float | None]) -> dict[str, Any]:
     """Median, min, max and relative spread ((max-min)/median) of per-round figures."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:

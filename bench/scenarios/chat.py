@@ -13,7 +13,7 @@ from typing import Any
 
 from ..chatload import Turn, concurrent_turns
 from ..context import Context
-from ..gateway import GatewayVariant, Unavailable, start_gateway
+from ..gateway import GatewayVariant, Unavailable, scrape_metric, start_gateway
 from ..pool import log
 from ..procs import Server, free_port, python_cmd, start_server
 from ..record import ScenarioResult, guarded, target
@@ -48,6 +48,26 @@ async def _start(name: str, ctx: Context, agent: Server) -> Relay:
     gw = await start_gateway(name, GatewayVariant(auth=True, upstreams={
         "agent": agent.base_url}), ctx.server_core)
     return Relay(gw.server, gw.server.port, gw.headers, gw.stop)
+
+
+_OWN = ("luki_chat_time_to_first_token_seconds_sum",
+        "luki_chat_time_to_first_token_seconds_count",
+        "luki_chat_upstream_ttft_seconds_sum", "luki_chat_upstream_ttft_seconds_count")
+
+
+async def _own_ttft(relay: Relay) -> list[float]:
+    """The gateway's own TTFT histograms (client request -> first token; upstream part)."""
+    return [await scrape_metric(relay.port, name) for name in _OWN]
+
+
+def _own_means(before: list[float], after: list[float]) -> dict[str, Any]:
+    """Mean TTFT as the gateway saw it, and how much of it was spent before the upstream."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    if not d[1] or not d[3]:
+        return {}
+    total, upstream = d[0] / d[1], d[2] / d[3]
+    return {"gw_ttft_mean_s": total, "gw_upstream_ttft_mean_s": upstream,
+            "gw_own_ttft_mean_s": total - upstream}
 
 
 def _turn_stats(turns: list[Turn], tokens: int) -> dict[str, Any]:
@@ -100,18 +120,25 @@ async def run(ctx: Context) -> ScenarioResult:
 
                     async def one(relay: Relay = relay, level: int = level, rnd: int = rnd,
                                   name: str = name) -> None:
+                        own0 = await _own_ttft(relay) if name == "gw-chat" else None
                         cpu0 = relay.server.cpu() if relay.server else 0.0
-                        turns = await concurrent_turns(relay.port, PATH, relay.headers, level,
-                                                       timeout_s)
+                        turns: list[Turn] = []
+                        # One turn at a time gives one TTFT sample: take several in a row.
+                        for _ in range(p.chat_single_turns if level == 1 else 1):
+                            turns += await concurrent_turns(relay.port, PATH, relay.headers,
+                                                            level, timeout_s)
                         cpu = (relay.server.cpu() - cpu0) if relay.server else None
                         stats = _turn_stats(turns, p.chat_tokens)
+                        if own0 is not None:
+                            own1 = await _own_ttft(relay)
+                            stats.update(_own_means(own0, own1))
                         stats.update({"round": rnd, "level": level, "cpu_s": cpu,
                                       "cpu_us_per_token": cpu / stats["tokens"] * 1e6
                                       if cpu is not None and stats["tokens"] else None})
                         result.contenders[name].runs.append(stats)
                         log(f"{name} x{level}: ttft p50 {stats['ttft_p50_s'] * 1e3:.1f} ms, "
                             f"gap p99 {stats['gap_p99_s'] * 1e3:.1f} ms, "
-                            f"{stats['complete']}/{level} complete")
+                            f"{stats['complete']}/{stats['turns']} complete")
 
                     await guarded(contender, one)
     finally:
@@ -147,6 +174,7 @@ def _summarise(result: ScenarioResult, levels: tuple[int, ...], tokens: int) -> 
                 "added_gap_p99_s": summary(_added(result, c.name, level, "gap_p99_s")),
                 "complete": sum(r["complete"] for r in runs),
                 "turns": sum(r["turns"] for r in runs),
+                "gw_own_ttft_mean_s": summary(r.get("gw_own_ttft_mean_s") for r in runs),
             }
         c.summary = {"levels": per}
         if c.ok and c.runs:
