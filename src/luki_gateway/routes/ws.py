@@ -46,16 +46,15 @@ def _principal(request: web.Request) -> Principal | None:
 class _Session:
     """The read side of one socket: message dispatch and the malformed-message budget."""
 
-    __slots__ = ("conn", "malformed", "request", "trace_id")
+    __slots__ = ("conn", "malformed", "request")
 
     def __init__(self, request: web.Request, conn: WsSubscriber) -> None:
         self.request = request
         self.conn = conn
-        self.trace_id = trace_of(request).trace_id
         self.malformed = 0
 
     def error(self, err: GatewayError, **extra: Any) -> None:
-        message = error_message(err, self.trace_id)
+        message = error_message(err, trace_of(self.request).trace_id)
         message.update(extra)
         self.conn.send_json(message)
 
@@ -177,14 +176,19 @@ async def _lease(request: web.Request, principal: Principal) -> Lease | None:
 
 
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
-    """Upgrade, authenticate, then read messages until the socket closes."""
+    """Upgrade, authenticate, then read messages until the socket closes.
+
+    One coroutine for the socket's whole life: every frame kept alive here is paid per
+    idle connection, so the read loop is inline rather than in a helper.
+    """
     app = request.app
-    settings = app[SETTINGS]
+    hub = app[HUB]
     principal = _principal(request)
     # With credentials up front, a concurrency refusal is a plain HTTP 429.
     lease = await _lease(request, principal) if principal is not None else None
     ws = web.WebSocketResponse(protocols=("bearer",), autoping=False, compress=False,
-                               max_msg_size=settings.hub.ws_max_message_bytes)
+                               max_msg_size=hub.settings.ws_max_message_bytes)
+    conn: WsSubscriber | None = None
     try:
         await ws.prepare(request)
         if principal is None:
@@ -197,27 +201,12 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_json(error_message(err, trace_of(request).trace_id))
                 await ws.close(code=1013, message=b"try again later")
                 return ws
-        await _serve(request, ws, principal)
-    finally:
-        if lease is not None:
-            await lease.release()
-    return ws
-
-
-async def _serve(request: web.Request, ws: web.WebSocketResponse, principal: Principal
-                 ) -> None:
-    """Register the connection and read its messages until it closes."""
-    hub = request.app[HUB]
-    transport = request.transport
-    assert transport is not None  # prepared: the connection is open
-    conn = WsSubscriber(hub, principal, transport, request.protocol, ws)
-    hub.register(conn)
-    session = _Session(request, conn)
-    conn.send_json({"type": "welcome", "connection_id": conn.connection_id,
-                    "principal": {"id": principal.id, "subject": principal.subject,
-                                  "kind": principal.kind,
-                                  "scopes": sorted(principal.scopes)}})
-    try:
+        transport = request.transport
+        assert transport is not None  # prepared: the connection is open
+        conn = WsSubscriber(hub, principal, transport, request.protocol, ws)
+        hub.register(conn)
+        session = _Session(request, conn)
+        conn.send_json(_welcome(conn))
         while not conn.closed:
             msg = await ws.receive()
             conn.awaiting_pong = False
@@ -235,8 +224,19 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, principal: Pri
                               WSMsgType.ERROR):
                 break
     finally:
-        conn.close()
-        await conn.run_close_callbacks()
+        if conn is not None:
+            conn.close()
+            await conn.run_close_callbacks()
+        if lease is not None:
+            await lease.release()
+    return ws
+
+
+def _welcome(conn: WsSubscriber) -> dict[str, Any]:
+    principal = conn.principal
+    return {"type": "welcome", "connection_id": conn.connection_id,
+            "principal": {"id": principal.id, "subject": principal.subject,
+                          "kind": principal.kind, "scopes": sorted(principal.scopes)}}
 
 
 def setup(app: web.Application) -> None:
