@@ -120,3 +120,17 @@ def test_format_follows_environment() -> None:
     assert line["timestamp"].endswith("Z")
     assert not outputs["development"].startswith("{")
     assert "hello" in outputs["development"] and "n=1" in outputs["development"]
+
+
+def test_non_string_values_are_redacted(captured_logs: Callable[[], list[dict[str, Any]]]
+                                        ) -> None:
+    """Exceptions, bytes, URLs and sets passed as values are masked like strings."""
+    from yarl import URL
+
+    structlog.get_logger("luki.test").warning(
+        "odd values", error=ValueError(f"bad token {JWT}"), body=f"token={QUERY_TOKEN}".encode(),
+        url=URL(f"http://h/x?ticket={QUERY_TICKET}"), keys={API_KEY}, count=3, ok=True)
+    line = captured_logs()[-1]
+    assert_no_secret(json.dumps(line))
+    assert line["count"] == 3 and line["ok"] is True
+    assert line["url"] == f"http://h/x?ticket={REDACTED}"

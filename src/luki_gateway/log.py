@@ -24,6 +24,9 @@ _SECRET_KEYS = frozenset({
     "api_key", "apikey", "x-api-key", "password", "secret", "jwt", "access_token",
     "refresh_token", "sec-websocket-protocol", "pepper", "client_secret",
 })
+# Fields our own processors and middlewares fill with values that cannot hold a secret.
+_OWN_KEYS = frozenset({"timestamp", "level", "logger", "request_id", "trace_id", "method",
+                       "route", "status", "duration_ms"})
 # (pattern, replacement): whole-match secrets, then ones that keep a visible prefix.
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # API keys: sk_live_..., sk_test_..., sk_dev_... (and any other sk_ key of 12+ chars);
@@ -60,15 +63,20 @@ def _redact_value(key: str, value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, Mapping):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_redact_value(key, v) for v in value]
-    return value
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return redact_text(bytes(value).decode("utf-8", "replace"))
+    # Exceptions, URLs, headers objects...: the renderer would str() them, secrets included.
+    return redact_text(str(value))
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secrets in every field of the event."""
     for key, value in list(event_dict.items()):
-        if value is None or isinstance(value, (int, float, bool)):
+        if value is None or isinstance(value, (int, float, bool)) or key in _OWN_KEYS:
             continue
         event_dict[key] = _redact_value(key, value)
     return event_dict
