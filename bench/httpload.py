@@ -159,6 +159,7 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
     """Send at a constant ``rate`` regardless of answers; latency from the scheduled time."""
     result = LoadResult()
     idle: list[Connection] = []
+    every: list[Connection] = []
     opened = 0
     interval = 1.0 / rate
     total = int(rate * duration_s)
@@ -173,6 +174,7 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
             elif opened < max_connections:
                 opened += 1
                 conn = await connect(port)
+                every.append(conn)
             else:
                 result.errors += 1
                 return
@@ -203,9 +205,11 @@ async def open_loop(port: int, raw: bytes, *, rate: float, duration_s: float,
         task.cancel()
         result.errors += 1
     result.duration_s = time.perf_counter() - start
-    for conn in idle:
+    for conn in every:
         if conn.transport is not None:
             conn.transport.close()
+    if result.errors:
+        await asyncio.sleep(1.0)  # an overloaded server drains its backlog off the clock
     return result
 
 
