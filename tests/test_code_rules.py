@@ -47,3 +47,27 @@ def test_no_vague_class_names() -> None:
              for path, tree in modules() for node in ast.walk(tree)
              if isinstance(node, ast.ClassDef) and any(v in node.name for v in VAGUE)]
     assert found == []
+
+
+def _is_fixture(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """True for a function decorated with pytest.fixture (called or not)."""
+    for dec in func.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if (isinstance(target, ast.Attribute) and target.attr == "fixture") or (
+                isinstance(target, ast.Name) and target.id == "fixture"):
+            return True
+    return False
+
+
+def test_every_test_and_fixture_has_a_docstring() -> None:
+    """Each test and fixture says in one line what it shows."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and (node.name.startswith("test_") or _is_fixture(node))
+                    and not ast.get_docstring(node)):
+                found.append(f"{path.relative_to(tests)}:{node.name}")
+    assert found == []
