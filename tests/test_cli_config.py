@@ -84,7 +84,7 @@ def _bad_config_files(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "not UTF-8": (str(tmp_path / "latin1.toml"), "not UTF-8"),
         "unknown key": (str(tmp_path / "unknown.toml"), "colour: unknown setting"),
         "unknown section key": (str(tmp_path / "unknown_in_section.toml"),
-                                "ratelimit.per_minute: unknown setting"),
+                                "ratelimit.per_minute: unknown setting (did you mean 'per_min'?)"),
         "wrong type": (str(tmp_path / "wrong_type.toml"), "port: Not a valid integer"),
         "section not a table": (str(tmp_path / "section_not_table.toml"),
                                 "hub: must be a table"),

@@ -9,6 +9,7 @@ TOML tables map to sections (``[ratelimit] per_min = 60``); top-level keys to ``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import os
 import tomllib
@@ -461,9 +462,10 @@ def load_settings(
     data = _merge(data, env_data)
     if overrides:
         data = _merge(data, overrides)
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(Settings)})
+    top_level = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(data) - top_level)
     if unknown:
-        raise SettingsError(f"{unknown[0]}: unknown setting")
+        raise SettingsError(f"{unknown[0]}: unknown setting{_did_you_mean(unknown[0], top_level)}")
     for name, section_cls in SECTIONS.items():
         section = data.get(name)
         if section is None:
@@ -473,7 +475,8 @@ def load_settings(
         known = {f.name for f in dataclasses.fields(section_cls)}
         extra = sorted(set(section) - known)
         if extra:
-            raise SettingsError(f"{name}.{extra[0]}: unknown setting")
+            raise SettingsError(
+                f"{name}.{extra[0]}: unknown setting{_did_you_mean(extra[0], known)}")
     try:
         loaded = _schema_for(Settings)().load(data)
     except ValidationError as exc:
@@ -486,6 +489,11 @@ def load_settings(
     settings: Settings = _build(Settings, loaded)
     _check_routes(settings)
     return settings
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
