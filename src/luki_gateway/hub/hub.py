@@ -38,6 +38,22 @@ log = structlog.get_logger("luki.hub")
 SWEEP_MAX_INTERVAL_S = 1.0
 
 
+class _Group:
+    """One channel's local subscribers, by transport (WebSocket frames are shared whole)."""
+
+    __slots__ = ("sse", "ws")
+
+    def __init__(self) -> None:
+        self.ws: dict[Subscriber, None] = {}
+        self.sse: dict[Subscriber, None] = {}
+
+    def of(self, sub: Subscriber) -> dict[Subscriber, None]:
+        return self.ws if sub.kind == "ws" else self.sse
+
+    def __len__(self) -> int:
+        return len(self.ws) + len(self.sse)
+
+
 class Hub:
     """Local subscriptions and delivery; the broker carries events between processes."""
 
@@ -49,7 +65,7 @@ class Hub:
         self.broker: Broker = MemoryBroker(self, MemoryHistory(
             settings.history_size, settings.history_ttl_s, clock))
         self.connections: dict[str, Subscriber] = {}
-        self._channels: dict[str, dict[Subscriber, None]] = {}
+        self._channels: dict[str, _Group] = {}
         # Subscribers replaying history: live events are buffered until the replay is sent.
         self._pending: dict[str, dict[Subscriber, list[Event]]] = {}
         self._policies: dict[str, Policy] = {}
@@ -82,10 +98,10 @@ class Hub:
     def subscribe(self, sub: Subscriber, channel: str) -> None:
         """Add ``sub`` to ``channel`` for live events from now on."""
         sub.channels.setdefault(channel, "")
-        subs = self._channels.get(channel)
-        if subs is None:
-            subs = self._channels[channel] = {}
-        subs[sub] = None
+        group = self._channels.get(channel)
+        if group is None:
+            group = self._channels[channel] = _Group()
+        group.of(sub)[sub] = None
 
     async def subscribe_from(self, sub: Subscriber, channel: str, last_id: str) -> Recovery:
         """Replay ``channel`` after ``last_id``, then continue live with nothing lost or doubled.
@@ -129,10 +145,10 @@ class Hub:
         return True
 
     def _remove(self, sub: Subscriber, channel: str) -> None:
-        subs = self._channels.get(channel)
-        if subs is not None:
-            subs.pop(sub, None)
-            if not subs:
+        group = self._channels.get(channel)
+        if group is not None:
+            group.of(sub).pop(sub, None)
+            if not group:
                 del self._channels[channel]
                 self._policies.pop(channel, None)
                 self._last.pop(channel, None)
@@ -170,18 +186,20 @@ class Hub:
         if self._pending:
             for held in self._pending.get(channel, {}).values():
                 held.append(event)
-        subs = self._channels.get(channel)
-        if not subs:
+        group = self._channels.get(channel)
+        if not group:
             return 0
         started = time.perf_counter()
         policy = self.policy(channel)
         ws = sse = 0
-        for sub in list(subs):
-            if sub.push_event(event, policy):
-                if sub.kind == "ws":
+        if group.ws:
+            frame = event.ws
+            for sub in list(group.ws):
+                if sub.push_prepared(frame, event, policy):
                     ws += 1
-                else:
-                    sse += 1
+        for sub in list(group.sse):
+            if sub.push_event(event, policy):
+                sse += 1
         metrics = self.metrics
         if ws:
             metrics.delivered.labels("ws").inc(ws)

@@ -108,23 +108,27 @@ class Subscriber:
 
     def push_event(self, event: Event, policy: Policy) -> bool:
         """Hand ``event`` to this connection; False when it was not accepted."""
-        if self.closed:
-            return False
-        frame = self.frame_of(event)
-        if self._queue is None and not self.protocol.writing_paused:
-            if self.transport.is_closing():
+        return self.push_prepared(self.frame_of(event), event, policy)
+
+    def push_prepared(self, frame: bytes, event: Event, policy: Policy) -> bool:
+        """``push_event`` with the frame already encoded (the fan-out's hot path)."""
+        # Idle and writable: straight to the transport, no queue, no task.
+        if self._queue is None and not self.closed and not self.protocol._paused:
+            if self.protocol.transport is None:  # connection lost, handler not yet run
                 self.close()
                 return False
             self.transport.write(frame)
             return True
+        if self.closed:
+            return False
         return self._enqueue(event.channel, event.id, frame, policy)
 
     def push_frame(self, frame: bytes) -> None:
         """Queue prepared bytes that belong to no channel (replies, chat messages)."""
         if self.closed:
             return
-        if self._queue is None and not self.protocol.writing_paused:
-            if self.transport.is_closing():
+        if self._queue is None and not self.protocol._paused:
+            if self.protocol.transport is None:
                 self.close()
                 return
             self.transport.write(frame)
@@ -197,7 +201,7 @@ class Subscriber:
         """The writer task: runs only while something is queued."""
         try:
             while self._queue:
-                if self.protocol.writing_paused:
+                if self.protocol._paused:
                     await self.protocol._drain_helper()
                 if self.closed:
                     return
