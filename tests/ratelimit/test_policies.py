@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from luki_gateway.app import create_app
 from luki_gateway.auth.principal import ANONYMOUS, Principal
@@ -66,3 +67,16 @@ async def test_client_ip_through_real_requests(aiohttp_client: Callable[..., Any
     assert await ip("[2001:db8::1]:443") == "2001:db8::1"
     assert await ip("garbage") == "127.0.0.1"
     assert await ip("") == "127.0.0.1"
+
+
+async def test_per_process_limits_are_warned_about(aiohttp_client: Callable[..., Any],
+                                                   make_settings: Callable[..., Settings]
+                                                   ) -> None:
+    """Several workers without Redis multiply the limits: start-up says so."""
+    settings = make_settings(workers=2, ratelimit={"enabled": True})
+    with capture_logs() as logs:
+        await aiohttp_client(create_app(settings))
+    assert any(e["event"] == "rate limits are per process without REDIS_URL" for e in logs)
+    with capture_logs() as quiet:
+        await aiohttp_client(create_app(make_settings(workers=1, ratelimit={"enabled": True})))
+    assert not any(e["event"].startswith("rate limits are per process") for e in quiet)

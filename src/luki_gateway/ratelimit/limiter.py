@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import structlog
 from aiohttp import web
 
 from ..metrics import REGISTRY
@@ -15,6 +16,8 @@ from .memory import MemoryLimiter
 from .metrics import RATELIMIT_METRICS, RateLimitMetrics
 from .policies import RatePolicies
 from .redis_backend import RedisLimiter
+
+log = structlog.get_logger("luki.ratelimit")
 
 LIMITER = web.AppKey("limiter", Limiter)
 RATE_POLICIES = web.AppKey("rate_policies", RatePolicies)
@@ -29,6 +32,9 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = redis_of(app)
     limiter: Limiter
     if redis is None:
+        if settings.workers > 1 and settings.ratelimit.enabled:
+            log.warning("rate limits are per process without REDIS_URL",
+                        workers=settings.workers)
         limiter = MemoryLimiter()
     else:
         batch = ScriptBatch(redis, timeout_s=settings.redis_timeout_s, what="limiter",
