@@ -364,3 +364,46 @@ async def test_client_disconnect_releases_the_lease_within_a_second(
     assert third.status == 200
     second.close()
     third.close()
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_killed_then_frozen_during_load(limited_gateway: Callable[..., Any],
+                                                    redis_server: RedisServer,
+                                                    backend: str) -> None:
+    """Under steady load Redis dies, returns, freezes, thaws: every request is answered
+    (fail open), none waits much past the timeout, and limiting resumes on its own."""
+    client = await limited_gateway(**limited(1_000_000, 10_000_000))
+    loop = asyncio.get_running_loop()
+    headers = bearer()
+    samples: list[tuple[float, int, float, bool]] = []  # (start, status, latency, limited)
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            start = loop.time()
+            resp = await client.get("/v1/test/ping", headers=headers)
+            await resp.read()
+            samples.append((start, resp.status, loop.time() - start,
+                            "X-RateLimit-Limit" in resp.headers))
+
+    workers = [asyncio.create_task(worker()) for _ in range(16)]
+    phases = [(redis_server.kill, 0.4), (redis_server.start, 0.6), (redis_server.pause, 0.6),
+              (redis_server.resume, 0.6)]
+    try:
+        await asyncio.sleep(0.3)
+        for action, hold in phases:
+            action()
+            await asyncio.sleep(hold)
+        recovered_at = loop.time() - 0.6
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        if redis_server.paused:
+            redis_server.resume()
+    assert len(samples) > 100
+    assert {status for _, status, _, _ in samples} == {200}
+    latencies = sorted(latency for _, _, latency, _ in samples)
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert p99 < 0.2 + 0.3, p99
+    assert not all(lim for _, _, _, lim in samples)  # some were served unlimited (failed open)
+    assert any(lim for start, _, _, lim in samples if start > recovered_at)
