@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from luki_gateway.auth.principal import Principal
+from luki_gateway.errors import RateLimitExceeded
+from luki_gateway.ratelimit.leases import LEASES
+
 from ..conftest import bearer
 from ..redis_server import RedisServer
 
@@ -82,3 +86,18 @@ async def test_sse_subscriptions_are_capped_per_principal(
             await third.read()
             await asyncio.sleep(0.05)  # the release runs in the closed stream's handler
     third.close()
+
+
+async def test_app_heartbeat_keeps_leases_alive_past_their_ttl(
+        gateway: Callable[..., Any], backend: str) -> None:
+    """The app's heartbeat task refreshes held leases: after 3 TTLs the lease still counts."""
+    client = await gateway(ratelimit=limits(max_streams=1, lease_ttl_s=0.3))
+    app = client.server.app
+    alice = Principal(id="jwt:alice", kind="jwt", subject="alice", scopes=frozenset())
+    lease = await app[LEASES].acquire(alice, "sse")
+    await asyncio.sleep(0.9)  # three TTLs: without the heartbeat the lease would be gone
+    assert await app[LEASES].open_count(alice, "streams") == 1
+    with pytest.raises(RateLimitExceeded):
+        await app[LEASES].acquire(alice, "sse")
+    await lease.release()
+    assert await app[LEASES].open_count(alice, "streams") == 0

@@ -143,9 +143,9 @@ async def test_memory_twin_drops_idle_keys() -> None:
     assert limiter.key_count <= 4096 + 100
 
 
-async def test_short_window_on_redis_has_no_double_burst(
+async def test_short_real_window_has_no_double_burst(
         make_limiter: Callable[[], Limiter], backend: str) -> None:
-    """A 2 s window on the real backend: after a full burst, capacity returns only as it ages."""
+    """A real 2 s window (both backends): after a full burst, capacity returns only as it ages."""
     limiter = make_limiter()
     windows = (window(5, 2, key=f"rl:user:{backend}-short:2"),)
     loop = asyncio.get_running_loop()
