@@ -256,3 +256,12 @@ async def test_claims_to_scopes_roles_and_tenant(probe: Callable[..., Any]) -> N
     denied = make_token("d", (), roles=["viewer", "admin:write"], scp="chat:writer")
     resp = await p.client.post("/t/chat", headers={"Authorization": f"Bearer {denied}"})
     assert resp.status == 403
+
+
+async def test_default_dev_secret_refused_in_staging(probe: Callable[..., Any]) -> None:
+    """Staging accepts HS256 only with a secret of its own, never the public default."""
+    p: Probe = await probe(environment="staging")
+    await assert_refused(p, make_token("alice", ("chat:write",)))
+    own = "staging-secret-0123456789abcdef0123456789"
+    p = await probe(environment="staging", auth={"jwt_secret": own})
+    await assert_accepted(p, make_token("alice", ("chat:write",), secret=own))

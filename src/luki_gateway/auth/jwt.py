@@ -15,14 +15,17 @@ from typing import Any
 
 import aiohttp
 import jwt
+import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ..settings import SETTINGS, Settings
+from ..settings import DEFAULT_SECRET_MARK, SETTINGS, Settings
 from .failure import AuthFailure
 from .jwks import ASYMMETRIC_ALGORITHMS, JwksCache, VerificationKey
 from .principal import Principal
+
+log = structlog.get_logger("luki.auth.jwt")
 
 SUPPORTED_ALGORITHMS = ASYMMETRIC_ALGORITHMS | {"HS256"}
 # kid values are looked up, never used as paths or queries; still, refuse anything odd early.
@@ -50,8 +53,12 @@ def load_public_key(path: str) -> VerificationKey:
 
 
 def hs256_enabled(settings: Settings) -> bool:
-    """The shared-secret HS256 path: development and staging only."""
-    return bool(settings.auth.jwt_secret) and not settings.is_production
+    """The shared-secret HS256 path: development, and staging with a secret of its own."""
+    secret = settings.auth.jwt_secret
+    if not secret or settings.is_production:
+        return False
+    # The default secret is public (it is in the source): never outside development.
+    return settings.is_development or DEFAULT_SECRET_MARK not in secret
 
 
 def static_keys(settings: Settings) -> list[VerificationKey]:
@@ -170,6 +177,9 @@ async def jwks_ctx(app: web.Application) -> AsyncIterator[None]:
     from .authenticator import build_authenticator
 
     settings = app[SETTINGS]
+    if settings.is_production and settings.auth.jwt_secret:
+        log.warning("JWT_SECRET is ignored in production (HS256 is development only); "
+                    "use JWT_PUBLIC_KEY_PATH or JWT_JWKS_URL")
     session: aiohttp.ClientSession | None = None
     jwks: JwksCache | None = None
     if settings.auth.jwt_jwks_url:
