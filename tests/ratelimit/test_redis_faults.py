@@ -13,7 +13,7 @@ from luki_gateway.ratelimit.batch import BackendUnavailable, ScriptBatch
 from luki_gateway.ratelimit.decision import Window
 from luki_gateway.ratelimit.redis_backend import RedisLimiter
 
-from ..redis_server import RedisServer
+from ..redis_server import RedisServer, free_port
 from .conftest import PREFIX, TIMEOUT_S, redis_client
 
 WINDOWS = (Window("minute", "user", "rl:user:alice:60", 1000, 60),)
@@ -126,3 +126,17 @@ async def test_outage_is_logged_once_per_interval(
     warnings = [e for e in logs if e["event"] == "redis backend unavailable"]
     assert len(warnings) == 1
     assert warnings[0]["log_level"] == "warning"
+
+
+async def test_redis_refusing_writes_counts_as_unavailable(
+        limiter: RedisLimiter, raw_redis: aioredis.Redis, errors: list[int]) -> None:
+    """A READONLY answer (a replica after failover) fails the decision like an outage."""
+    await limiter.decide(WINDOWS, 1)
+    await raw_redis.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        with pytest.raises(BackendUnavailable, match="read only"):
+            await limiter.decide(WINDOWS, 1)
+        assert sum(errors) == 1
+    finally:
+        await raw_redis.execute_command("REPLICAOF", "NO", "ONE")
+    assert (await limiter.decide(WINDOWS, 1)).allowed

@@ -90,7 +90,7 @@ class ScriptBatch:
 
     async def run(self, script: LuaScript, keys: Sequence[str | bytes],
                   args: Sequence[str | bytes | int | float]) -> Any:
-        """Evaluate ``script``; raises BackendUnavailable or the script's ResponseError."""
+        """Evaluate ``script``; raises BackendUnavailable when Redis cannot answer."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._down_until:
             exc = BackendUnavailable("redis backend marked down")
@@ -131,11 +131,16 @@ class ScriptBatch:
                 if not call.future.done():
                     call.future.set_exception(BackendUnavailable("cancelled"))
             raise
+        failed = [r for r in results if isinstance(r, ResponseError)]
+        if failed:
+            # OOM, READONLY after a failover, BUSY, LOADING: the backend cannot decide now.
+            self.errors.failure(failed[0])
+            self._count_error(len(failed))
         for call, result in zip(calls, results, strict=True):
             if call.future.done():
                 continue  # the waiter was cancelled (client left)
             if isinstance(result, ResponseError):
-                call.future.set_exception(result)
+                call.future.set_exception(BackendUnavailable(str(result)))
             else:
                 call.future.set_result(result)
 
