@@ -181,6 +181,13 @@ class RateLimitSettings:
     daily_output_tokens: int = _field(0, validators=_non_negative())
 
 
+def _slow_consumer_policies(value: Mapping[str, str]) -> None:
+    unknown = sorted(set(value.values()) - {"coalesce", "drop_oldest", "disconnect"})
+    if unknown:
+        raise ValidationError(f"unknown policy {unknown[0]!r}: use coalesce, drop_oldest "
+                              "or disconnect")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class HubSettings:
     """Channels, subscriber queues, history and the streaming endpoints."""
@@ -189,7 +196,9 @@ class HubSettings:
     queue_max_messages: int = _field(1000, validators=_positive())
     slow_consumer_policy: str = _field(
         "drop_oldest", validators=validate.OneOf(["coalesce", "drop_oldest", "disconnect"]))
-    channel_policies: Mapping[str, str] = _field(types.MappingProxyType({}))
+    # channel glob -> policy, e.g. {"broadcast:prices*" = "coalesce"}
+    channel_policies: Mapping[str, str] = _field(types.MappingProxyType({}),
+                                                 validators=_slow_consumer_policies)
     history_size: int = _field(100, validators=_non_negative())
     history_ttl_s: int = _field(300, validators=_positive())
     publish_max_bytes: int = _field(65536, validators=_positive())

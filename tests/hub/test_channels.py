@@ -14,7 +14,7 @@ from luki_gateway.hub.channels import (
     subscribe_refusal,
     validate_channel,
 )
-from luki_gateway.settings import HubSettings
+from luki_gateway.settings import HubSettings, SettingsError, load_settings
 
 
 def _who(sub: str, *scopes: str) -> Principal:
@@ -71,3 +71,9 @@ def test_policy_per_channel_pattern() -> None:
     assert policy_for("broadcast:prices.eur", settings) == "coalesce"
     assert policy_for("user:alice", settings) == "disconnect"
     assert policy_for("broadcast:news", settings) == "drop_oldest"
+
+
+def test_unknown_policy_is_refused_at_load() -> None:
+    """A typo in hub.channel_policies stops start-up with one line naming the key."""
+    with pytest.raises(SettingsError, match=r"hub\.channel_policies"):
+        load_settings(environ={}, overrides={"hub": {"channel_policies": {"user:*": "drop"}}})

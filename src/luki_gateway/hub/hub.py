@@ -24,7 +24,7 @@ from aiohttp import web
 from ..errors import Unauthenticated
 from ..metrics import REGISTRY
 from ..redis_client import redis_of
-from ..settings import SETTINGS, HubSettings, Settings, SettingsError
+from ..settings import SETTINGS, HubSettings, Settings
 from .broker import Broker, MemoryBroker, RedisBroker
 from .channels import Policy, policy_for
 from .event import Event
@@ -327,10 +327,6 @@ def _listener_client(settings: Settings) -> aioredis.Redis:
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the streaming hub: broker, history, subscribers."""
     settings = app[SETTINGS]
-    allowed = ("coalesce", "drop_oldest", "disconnect")
-    for pattern, policy in settings.hub.channel_policies.items():
-        if policy not in allowed:
-            raise SettingsError(f"hub.channel_policies.{pattern}: must be one of {allowed}")
     hub = Hub(settings.hub, HubMetrics.create(app[REGISTRY]))
     redis = redis_of(app)
     if redis is not None:

@@ -60,6 +60,10 @@ class WsSubscriber(Subscriber):
 
     def heartbeat(self) -> None:
         """Ping; a peer that did not answer (or send anything) since the last ping is dead."""
+        if self._queue is not None:
+            # Backlogged: a ping would queue behind the backlog (and count against it);
+            # the slow-consumer policy, not the heartbeat, deals with this peer.
+            return
         if self.awaiting_pong:
             transport = self.transport
             self.close()
