@@ -70,24 +70,41 @@ class SseReader:
         return [await self.next(within) for _ in range(count)]
 
 
-async def stalled_ws(host: str, port: int, path: str = "/v1/ws",
-                     headers: dict[str, str] | None = None
-                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a WebSocket by hand, read the 101 answer, then never read again (a slow peer)."""
+async def _raw_request(host: str, port: int, head: str
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # A small receive buffer so the peer's backlog reaches the gateway's queue quickly.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
-    key = base64.b64encode(os.urandom(16)).decode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+    writer.write(head.encode())
     await writer.drain()
     status = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, status
+
+
+async def stalled_ws(host: str, port: int, path: str = "/v1/ws",
+                     headers: dict[str, str] | None = None
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a WebSocket by hand and read the 101 answer; ``stop_reading`` makes it slow."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    reader, writer, status = await _raw_request(host, port, (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"))
     assert status.startswith(b"HTTP/1.1 101"), status
+    return reader, writer
+
+
+async def stalled_sse(host: str, port: int, path: str
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open an SSE stream by hand and read its headers; ``stop_reading`` makes it slow."""
+    reader, writer, status = await _raw_request(
+        host, port, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    "Accept: text/event-stream\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), status
     return reader, writer
 
 

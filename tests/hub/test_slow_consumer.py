@@ -14,7 +14,14 @@ from aiohttp.test_utils import TestClient
 
 from luki_gateway.hub.hub import HUB, Hub
 
-from .streams import resume_reading, stalled_ws, stop_reading, wait_until, ws_client_frame
+from .streams import (
+    resume_reading,
+    stalled_sse,
+    stalled_ws,
+    stop_reading,
+    wait_until,
+    ws_client_frame,
+)
 
 CHANNEL = "broadcast:load"
 EVENTS = 300
@@ -115,3 +122,27 @@ async def test_slow_consumer_never_slows_the_others(gateway: Callable[..., Any],
     writer.close()
     for ws in fast:
         await ws.close()
+
+
+async def test_slow_sse_stream_is_disconnected_with_a_final_error(
+        gateway: Callable[..., Any]) -> None:
+    """A stalled SSE reader gets an error event SLOW_CONSUMER and the end of the body."""
+    client = await gateway(auth={"enabled": False},
+                           hub={"slow_consumer_policy": "disconnect",
+                                "queue_max_bytes": QUEUE_BYTES, "queue_max_messages": 100})
+    hub = _hub(client)
+    reader, writer = await stalled_sse(client.host, client.port, f"/v1/events?channel={CHANNEL}")
+    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
+    stalled = next(iter(hub.connections.values()))
+    stalled.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    worst = await _publish_burst(client, hub)
+    assert worst <= QUEUE_BYTES
+    assert hub.slow_actions["disconnect"] == 1
+    assert not hub.connections
+    resume_reading(writer)
+    seen = await _drain_raw(reader, b"\r\n0\r\n\r\n")
+    assert b"event: error" in seen and b"SLOW_CONSUMER" in seen
+    assert seen.endswith(b"\r\n0\r\n\r\n")
+    writer.close()
