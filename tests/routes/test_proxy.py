@@ -106,6 +106,13 @@ async def test_forwarding_and_trace_headers(proxied: Client) -> None:
     assert resp.headers["X-Request-ID"] == "req-123"
 
 
+async def test_hostile_host_cannot_break_forwarded(proxied: Client) -> None:
+    """A Host with a quote is left out of Forwarded instead of breaking its quoting."""
+    resp = await proxied.get("/v1/elr/x", headers={"Host": 'a";for=6.6.6.6'})
+    echoed = await resp.json()
+    assert header(echoed, "Forwarded") == ["for=127.0.0.1;proto=http"]
+
+
 async def test_trusted_proxy_chain_is_extended(gateway: Callable[..., Any],
                                                echo_app: tuple[str, Control]) -> None:
     """Behind a trusted proxy, its X-Forwarded-For / Forwarded are kept and appended to."""

@@ -94,7 +94,7 @@ def request_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiDi
     if not trusted or "X-Forwarded-Host" not in out:
         out["X-Forwarded-Host"] = host
     element = f"for={_forwarded_node(remote)};proto={proto}"
-    if host:
+    if host and '"' not in host and "\\" not in host:  # must stay one quoted-string
         element += f';host="{host}"'
     prior = out.popall("Forwarded", None) if trusted else None
     out["Forwarded"] = ", ".join([*prior, element]) if prior else element
