@@ -9,12 +9,12 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from luki_gateway.ratelimit.batch import BackendUnavailable, ScriptBatch
+from luki_gateway.ratelimit.batch import BackendUnavailable, ErrorLog, ScriptBatch
 from luki_gateway.ratelimit.decision import Window
 from luki_gateway.ratelimit.redis_backend import RedisLimiter
 
 from ..redis_server import RedisServer, free_port
-from .conftest import PREFIX, TIMEOUT_S, redis_client
+from .conftest import PREFIX, TIMEOUT_S, FakeClock, redis_client
 
 WINDOWS = (Window("minute", "user", "rl:user:alice:60", 1000, 60),)
 MARGIN_S = 0.3  # 2 shared cores: scheduling noise on top of the timeout
@@ -140,3 +140,16 @@ async def test_redis_refusing_writes_counts_as_unavailable(
     finally:
         await raw_redis.execute_command("REPLICAOF", "NO", "ONE")
     assert (await limiter.decide(WINDOWS, 1)).allowed
+
+
+def test_error_log_speaks_again_after_its_interval() -> None:
+    """One line per interval; the next line reports how many failures it swallowed."""
+    clock = FakeClock(0.0)
+    errors = ErrorLog("test", interval_s=10.0, clock=clock)
+    with capture_logs() as logs:
+        for second in range(25):
+            clock.now = float(second)
+            for _ in range(3):
+                errors.failure(TimeoutError())
+    assert [e["suppressed"] for e in logs] == [0, 29, 29]
+    assert {e["error"] for e in logs} == {"TimeoutError"}
