@@ -65,11 +65,6 @@ class Event:
         self._sse_body: bytes | None = None
         self._sse_chunk: bytes | None = None
 
-    @property
-    def size(self) -> int:
-        """Approximate bytes this event occupies in a subscriber queue."""
-        return len(self.data) + len(self.channel) + 64
-
     def json_message(self) -> str:
         """The ``event`` message of the WebSocket protocol as JSON text."""
         name = "" if self.name is None else f',"event":{json.dumps(self.name)}'

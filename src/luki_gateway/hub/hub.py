@@ -333,6 +333,9 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         history = RedisHistory(redis, settings.redis_prefix, settings.hub.history_size,
                                settings.hub.history_ttl_s)
         hub.broker = RedisBroker(hub, history, lambda: _listener_client(settings))
+    elif settings.workers > 1:
+        log.warning("streaming hub without REDIS_URL under several workers: a publish reaches "
+                    "only the subscribers of the worker that received it", workers=settings.workers)
     app[HUB] = hub
     await hub.broker.start()
     hub.start()
