@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -219,6 +220,27 @@ async def test_large_download_streams(proxied: Client) -> None:
         total += len(chunk)
     assert total == 3_000_000
     assert proxied.app[UPSTREAMS].get("memory").in_use == 0
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (Linux /proc), in MiB."""
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+async def test_huge_download_keeps_memory_flat(proxied: Client) -> None:
+    """256 MiB pass through while resident memory (sampled throughout) stays nearly flat."""
+    size = 256 * 1024 * 1024
+    before = rss_mib()
+    peak = before
+    resp = await proxied.get(f"/v1/elr/big?n={size}&length=1")
+    total = 0
+    async for chunk in resp.content.iter_chunked(1 << 20):
+        total += len(chunk)
+        peak = max(peak, rss_mib())
+    assert total == size
+    assert peak - before < 64, f"resident memory grew {peak - before:.0f} MiB"
 
 
 async def test_large_download_with_length_keeps_it(proxied: Client) -> None:
