@@ -267,8 +267,8 @@ class Hub:
                 sub.heartbeat()
             deepest = max(deepest, sub.queue_depth)
         self.metrics.queue_depth.set(deepest)
-        if isinstance(self.broker, MemoryBroker):
-            self.broker.history.prune()
+        if ping and isinstance(self.broker, MemoryBroker):
+            self.broker.history.prune()  # idle channels' rings, once per heartbeat interval
 
     def shutdown(self) -> None:
         """Tell every open stream to reconnect elsewhere (WS 1012 / SSE ``reconnect``)."""
