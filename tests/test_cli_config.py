@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 SECRET_JWT = "a-jwt-secret-of-our-own-that-is-long-enough-1234"
 SECRET_PEPPER = "a-pepper-of-our-own-5678"
@@ -104,13 +103,22 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -
     assert "Traceback" not in proc.stderr
 
 
+def run_many(calls: list[tuple[tuple[str, ...], dict[str, str]]]
+             ) -> list[subprocess.CompletedProcess[str]]:
+    """Run several CLI invocations concurrently (each is mostly interpreter start-up)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda call: run_cli(*call[0], env=call[1]), calls))
+
+
 def test_bad_config_files_stop_with_one_line(tmp_path: Path) -> None:
     """Missing, unreadable, invalid and unknown-key files: exit 2, one line, no traceback."""
-    for path, needle in _bad_config_files(tmp_path).values():
-        assert_one_line_error(run_cli("config", "check", "--config", path), needle)
+    cases = list(_bad_config_files(tmp_path).values())
+    procs = run_many([(("config", "check", "--config", path), {}) for path, _ in cases])
+    for proc, (_, needle) in zip(procs, cases, strict=True):
+        assert_one_line_error(proc, needle)
 
 
-@pytest.mark.parametrize(("env", "needle"), [
+BAD_ENVIRONMENTS = [
     ({"RATE_LIMIT_PER_MIN": "abc"}, "RATE_LIMIT_PER_MIN (ratelimit.per_min): Not a valid integer"),
     ({"RATE_LIMIT_PER_HOUR": "-5"}, "RATE_LIMIT_PER_HOUR (ratelimit.per_hour)"),
     ({"ENVIRONMENT": "prod"}, "ENVIRONMENT (environment): Must be one of"),
@@ -120,21 +128,26 @@ def test_bad_config_files_stop_with_one_line(tmp_path: Path) -> None:
     ({"AGENT_URL": "ftp://agent"}, "AGENT_URL (upstreams.agent): must be an http"),
     ({"AUTH_ENABLED": "maybe"}, "AUTH_ENABLED (auth.enabled): Not a valid boolean"),
     ({"LUKI_CONFIG": "/nonexistent/luki.toml"}, "config file /nonexistent/luki.toml: not found"),
-])
-def test_bad_environment_stops_serve_with_one_line(env: dict[str, str], needle: str) -> None:
-    """`serve` with a bad environment value: exit 2 and one line naming the variable."""
-    assert_one_line_error(run_cli("serve", "--port", "0", env=env), needle)
-
-
-@pytest.mark.parametrize(("flags", "needle"), [
+    ({"ENVIRONMENT": "production"}, "unsafe for production: API_KEY_PEPPER"),
+]
+BAD_FLAGS = [
     (("--workers", "0"), "workers: Must be greater than or equal to 1"),
     (("--upstream", "memory"), "--upstream 'memory': expected NAME=URL"),
     (("--upstream", "memory=localhost:9"), "upstreams.memory"),
     (("--workers", "2", "--port", "0"), "workers: more than one worker needs a fixed port"),
-])
-def test_bad_flags_stop_serve_with_one_line(flags: tuple[str, ...], needle: str) -> None:
-    """`serve` with a bad flag value: exit 2 and one line naming it."""
-    assert_one_line_error(run_cli("serve", *flags), needle)
+]
+
+
+def test_bad_environment_and_flags_stop_serve_with_one_line() -> None:
+    """`serve` with a bad environment value or flag: exit 2 and one line naming it.
+
+    A production config with default secrets counts as bad: `serve` refuses to start it.
+    """
+    calls = [(("serve", "--port", "0"), env) for env, _ in BAD_ENVIRONMENTS]
+    calls += [(("serve", *flags), {}) for flags, _ in BAD_FLAGS]
+    needles = [needle for _, needle in BAD_ENVIRONMENTS] + [needle for _, needle in BAD_FLAGS]
+    for proc, needle in zip(run_many(calls), needles, strict=True):
+        assert_one_line_error(proc, needle)
 
 
 def test_config_check_masks_secrets() -> None:
@@ -152,7 +165,7 @@ def test_config_check_masks_secrets() -> None:
     assert "config ok (production)" in proc.stderr
 
 
-@pytest.mark.parametrize(("env", "problem"), [
+PRODUCTION_CASES: list[tuple[dict[str, str], str | None]] = [
     ({"ENVIRONMENT": "production"}, "API_KEY_PEPPER (auth.api_key_pepper) keeps the default"),
     ({**SAFE_PRODUCTION, "JWT_SECRET": ""}, None),
     ({**SAFE_PRODUCTION, "API_KEY_PEPPER": "dev-pepper-change-me"}, "API_KEY_PEPPER"),
@@ -160,24 +173,20 @@ def test_config_check_masks_secrets() -> None:
     ({**SAFE_PRODUCTION, "CORS_ORIGINS": "https://app.example,*"}, "CORS_ORIGINS allows every"),
     ({**SAFE_PRODUCTION, "AUTH_ENABLED": "false"}, "auth is disabled"),
     ({**SAFE_PRODUCTION, "ENVIRONMENT": "staging", "AUTH_ENABLED": "false"}, None),
-])
-def test_config_check_refuses_unsafe_production(env: dict[str, str], problem: str | None
-                                                ) -> None:
+]
+
+
+def test_config_check_refuses_unsafe_production() -> None:
     """Production with a default secret, '*' CORS or auth off: exit 1 naming the problem."""
-    proc = run_cli("config", "check", env=env)
-    if problem is None:
-        assert proc.returncode == 0, proc.stderr
-        assert "unsafe" not in proc.stderr
-    else:
-        assert proc.returncode == 1, proc.stderr
-        assert f"unsafe for production: {problem}" in proc.stderr
-        effective(proc)  # the config is still printed, masked
-
-
-def test_serve_refuses_unsafe_production() -> None:
-    """`serve` does not start in production with the default secrets (exit 2, one line)."""
-    proc = run_cli("serve", "--port", "0", env={"ENVIRONMENT": "production"})
-    assert_one_line_error(proc, "unsafe for production: API_KEY_PEPPER")
+    procs = run_many([(("config", "check"), env) for env, _ in PRODUCTION_CASES])
+    for proc, (_, problem) in zip(procs, PRODUCTION_CASES, strict=True):
+        if problem is None:
+            assert proc.returncode == 0, proc.stderr
+            assert "unsafe" not in proc.stderr
+        else:
+            assert proc.returncode == 1, proc.stderr
+            assert f"unsafe for production: {problem}" in proc.stderr
+            effective(proc)  # the config is still printed, masked
 
 
 def test_python_m_is_the_cli() -> None:
