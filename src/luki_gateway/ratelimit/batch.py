@@ -93,9 +93,8 @@ class ScriptBatch:
         """Evaluate ``script``; raises BackendUnavailable when Redis cannot answer."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._down_until:
-            exc = BackendUnavailable("redis backend marked down")
             self._count_error(1)
-            raise exc
+            raise BackendUnavailable("redis backend marked down")
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)
