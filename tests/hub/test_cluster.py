@@ -127,6 +127,10 @@ async def test_redis_restart_mid_run(gateway: Callable[..., Any], redis_url: str
     redis_server.start()
     await wait_until(lambda: _hub(a).broker.connected and _hub(b).broker.connected,
                      within=10)
+    # Subscribers are told their channel may have missed events while Redis was away.
+    for ws in (on_a, on_b):
+        assert await ws.receive_json(timeout=5) == {
+            "type": "gap", "channel": channel, "reason": "broker_reconnected"}
     after = await _publish(b, channel, 2)
     assert await _ws_events(on_a, 1) == [(after, 2)]
     assert await _ws_events(on_b, 1) == [(after, 2)]

@@ -4,8 +4,8 @@
 a Redis Stream and publishes on ``<prefix>ch:<channel>`` in one script, and each process keeps
 one pattern subscription (``<prefix>ch:*``), never one per client. When Redis is lost, the
 listener reconnects with backoff; meanwhile local publishes still reach local subscribers, and
-after the reconnect every locally watched channel is caught up from history, so subscribers
-resume without a gap from events stored while this process was not listening.
+after the reconnect subscribers get a ``gap`` notice (events published elsewhere during the
+outage never reached Redis) and every locally watched channel is caught up from history.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ class RedisBroker:
             try:
                 await pubsub.psubscribe(pattern)
                 if not first:
+                    self.reconnects += 1
+                    self.hub.notify_outage()
                     await self._catch_up()
                     log.info("redis pub/sub reconnected", reconnects=self.reconnects)
                 first = False
@@ -157,7 +159,6 @@ class RedisBroker:
                                 error=type(exc).__name__)
                 self.connected = False
                 first = False
-                self.reconnects += 1
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -223,6 +223,17 @@ class Hub:
                 self._last[channel] = key
         return self.deliver(event)
 
+    def notify_outage(self) -> None:
+        """After a broker outage: tell every subscriber its channels may have missed events.
+
+        Events published on other processes while Redis was away never reached it; the
+        ``gap`` notice lets clients reload state (what Redis did store is caught up next).
+        """
+        for channel, group in self._channels.items():
+            notice = {"type": "gap", "channel": channel, "reason": "broker_reconnected"}
+            for sub in (*group.ws, *group.sse):
+                sub.push_frame(sub.notice_frame(notice))
+
     def last_delivered_ids(self) -> dict[str, str]:
         """Channel -> last id delivered here, for every channel with local subscribers."""
         return {channel: f"{key[0]}-{key[1]}" for channel, key in self._last.items()
