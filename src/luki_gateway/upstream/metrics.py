@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,6 +21,22 @@ class UpstreamMetrics:
     duration: Histogram
     errors: Counter
     circuit: Gauge
+    # Label children cached per (upstream, status): labels() takes a lock and builds keys,
+    # which the proxy's hot path should not pay on every request. Bounded: statuses x names.
+    _answered: dict[tuple[str, int], Counter] = field(default_factory=dict)
+    _timed: dict[str, Histogram] = field(default_factory=dict)
+
+    def observe(self, upstream: str, status: int, seconds: float) -> None:
+        """Count one upstream answer and its time to headers."""
+        counter = self._answered.get((upstream, status))
+        if counter is None:
+            counter = self._answered[(upstream, status)] = self.requests.labels(
+                upstream, str(status))
+        counter.inc()
+        histogram = self._timed.get(upstream)
+        if histogram is None:
+            histogram = self._timed[upstream] = self.duration.labels(upstream)
+        histogram.observe(seconds)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> UpstreamMetrics:

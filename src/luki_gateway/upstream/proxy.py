@@ -253,9 +253,8 @@ async def _attempt(request: web.Request, route: Route, upstream: Upstream,
         raise error from None
     except PayloadTooLarge:
         raise
-    metrics.duration.labels(name).observe(time.perf_counter() - start)
     status = resp.status
-    metrics.requests.labels(name, str(status)).inc()
+    metrics.observe(name, status, time.perf_counter() - start)
     if status >= 500:
         breaker.record_failure()
     else:
