@@ -173,10 +173,15 @@ class Subscriber:
             policy = "drop_oldest"
         if channel is not None and policy == "drop_oldest":
             self.hub.count_slow("drop_oldest")
+            limits = self.hub.settings
+            count = len(queue)
             kept = deque()
             for item in queue:
-                if not self._fits(size) and item[0] is not None:
+                over = (self._queued_bytes + size > limits.queue_max_bytes
+                        or count + 1 > limits.queue_max_messages)
+                if over and item[0] is not None:
                     self._queued_bytes -= len(item[2])
+                    count -= 1
                     self._note_gap(item[0], item[1])
                     continue
                 kept.append(item)
