@@ -151,3 +151,21 @@ async def test_writer_drains_backlog_when_peer_reads_again(cleanup: list[Stalled
     order = [int(part.split(b",", 1)[0]) for part in bytes(seen).split(b'"n":')[1:]]
     assert order == list(range(300))
     assert stalled.sub._queue is None and stalled.sub._writer is None
+
+
+async def test_replay_then_live_has_no_duplicates(cleanup: list[Stalled]) -> None:
+    """An event the replay already sent is not sent again when the listener hands it late."""
+    stalled = await _stalled()
+    cleanup.append(stalled)
+    hub, sub = stalled.hub, stalled.sub
+    hub.unsubscribe(sub, "broadcast:a")
+    first = await hub.broker.publish("broadcast:a", None, '{"n":1}')
+    second = await hub.broker.publish("broadcast:a", None, '{"n":2}')
+    recovery = await hub.subscribe_from(sub, "broadcast:a", first.id)
+    assert [e.id for e in recovery.events] == [second.id]
+    late = Event("broadcast:a", second.id, None, '{"n":2}')  # as Redis might deliver it
+    assert hub.deliver(late) == 0
+    newer = await hub.broker.publish("broadcast:a", None, '{"n":3}')
+    received = stalled.received()
+    assert received.count(b'"n":2') == 1 and b'"n":3' in received
+    assert hub._replayed == {} and newer.id > second.id

@@ -68,6 +68,9 @@ class Hub:
         self._channels: dict[str, _Group] = {}
         # Subscribers replaying history: live events are buffered until the replay is sent.
         self._pending: dict[str, dict[Subscriber, list[Event]]] = {}
+        # Subscribers fresh from a replay: events up to this id already reached them (Redis
+        # may still hand the listener older ones); cleared by the first newer event.
+        self._replayed: dict[str, dict[Subscriber, IdKey]] = {}
         self._policies: dict[str, Policy] = {}
         self._last: dict[str, IdKey] = {}
         self.slow_actions: Tally[str] = Tally()
@@ -120,8 +123,8 @@ class Hub:
                 pending.pop(sub, None)
                 if not pending:
                     del self._pending[channel]
-        if sub.closed:
-            return recovery
+        if sub.closed or channel not in sub.channels:
+            return recovery  # closed or unsubscribed while the history was read
         if recovery.status != "ok":
             sub.push_frame(sub.notice_frame({"type": recovery.status, "channel": channel,
                                              "last_id": last_id}))
@@ -131,9 +134,12 @@ class Hub:
             sub.push_event(event, policy)
             newest = max(newest, parse_id(event.id) or newest)
         for event in held:
-            if (parse_id(event.id) or (0, 0)) > newest:
+            key = parse_id(event.id) or (0, 0)
+            if key > newest:
                 sub.push_event(event, policy)
+                newest = key
         self.subscribe(sub, channel)
+        self._replayed.setdefault(channel, {})[sub] = newest
         return recovery
 
     def unsubscribe(self, sub: Subscriber, channel: str) -> bool:
@@ -152,9 +158,12 @@ class Hub:
                 del self._channels[channel]
                 self._policies.pop(channel, None)
                 self._last.pop(channel, None)
-        pending = self._pending.get(channel)
-        if pending is not None:
-            pending.pop(sub, None)
+        for marks in (self._pending, self._replayed):
+            found = marks.get(channel)
+            if found is not None:
+                found.pop(sub, None)
+                if not found:
+                    del marks[channel]
 
     def local_count(self, channel: str) -> int:
         """Subscribers of ``channel`` on this process."""
@@ -191,13 +200,18 @@ class Hub:
             return 0
         started = time.perf_counter()
         policy = self.policy(channel)
+        ws_subs, sse_subs = list(group.ws), list(group.sse)
+        if self._replayed and channel in self._replayed:
+            skip = self._already_replayed(event)
+            ws_subs = [sub for sub in ws_subs if sub not in skip]
+            sse_subs = [sub for sub in sse_subs if sub not in skip]
         ws = sse = 0
-        if group.ws:
+        if ws_subs:
             frame = event.ws
-            for sub in list(group.ws):
+            for sub in ws_subs:
                 if sub.push_prepared(frame, event, policy):
                     ws += 1
-        for sub in list(group.sse):
+        for sub in sse_subs:
             if sub.push_event(event, policy):
                 sse += 1
         metrics = self.metrics
@@ -208,6 +222,17 @@ class Hub:
         self.delivered += ws + sse
         metrics.fanout.observe(time.perf_counter() - started)
         return ws + sse
+
+    def _already_replayed(self, event: Event) -> set[Subscriber]:
+        """Subscribers whose replay already held ``event``; forgets the ones now past it."""
+        marks = self._replayed[event.channel]
+        key = parse_id(event.id) or (0, 0)
+        skip = {sub for sub, mark in marks.items() if key <= mark}
+        for sub in [sub for sub in marks if sub not in skip]:
+            del marks[sub]
+        if not marks:
+            del self._replayed[event.channel]
+        return skip
 
     def deliver_once(self, event: Event) -> int:
         """``deliver``, skipping events already delivered here (catch-up after reconnect)."""
