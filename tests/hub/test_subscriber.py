@@ -100,6 +100,10 @@ async def test_drop_oldest_by_count_keeps_newest_and_notes_gap(cleanup: list[Sta
     assert sub._gaps is not None and "broadcast:a" in sub._gaps
     assert stalled.hub.slow_actions["drop_oldest"] > 0
     assert not sub.closed
+    backlog = stalled.hub.stats()["queues"]
+    assert backlog["max_depth"] == 10
+    assert backlog["backlogged"][0]["connection_id"] == sub.connection_id
+    assert backlog["backlogged"][0]["depth"] == 10
 
 
 async def test_drop_oldest_by_bytes_stays_under_the_limit(cleanup: list[Stalled]) -> None:

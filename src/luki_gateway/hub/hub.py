@@ -339,6 +339,12 @@ class Hub:
                 "connections_with_backlog": len(queued),
                 "max_depth": max((sub.queue_depth for sub in queued), default=0),
                 "queued_bytes": sum(sub.queued_bytes for sub in queued),
+                "backlogged": [
+                    {"connection_id": sub.connection_id, "transport": sub.kind,
+                     "principal": sub.principal.display or sub.principal.id,
+                     "depth": sub.queue_depth, "bytes": sub.queued_bytes,
+                     "channels": len(sub.channels)}
+                    for sub in sorted(queued, key=lambda sub: -sub.queued_bytes)[:10]],
                 "limits": {"messages": self.settings.queue_max_messages,
                            "bytes": self.settings.queue_max_bytes},
             },
