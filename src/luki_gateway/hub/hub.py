@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections import Counter as Tally
@@ -181,10 +180,9 @@ class Hub:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def publish(self, channel: str, name: str | None, data: Any) -> tuple[Event, int]:
-        """Publish JSON-able ``data`` to every subscriber on every process."""
-        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        event = await self.broker.publish(channel, name, encoded)
+    async def publish(self, channel: str, name: str | None, data: str) -> tuple[Event, int]:
+        """Publish ``data`` (compact JSON text) to every subscriber on every process."""
+        event = await self.broker.publish(channel, name, data)
         self.published += 1
         self.metrics.published.inc()
         return event, self.local_count(channel)

@@ -65,17 +65,19 @@ async def publish(request: web.Request) -> web.Response:
                                                             limit * MAX_BATCH + 4096)))
     batch = isinstance(raw, dict) and "events" in raw
     items = load(BatchSchema, raw)["events"] if batch else [load(PublishSchema, raw)]
+    encoded = []
     for index, item in enumerate(items):
         validate_channel(item["channel"])
-        size = len(json.dumps(item["data"], separators=(",", ":"), ensure_ascii=False)
-                   .encode())
-        if size > limit:
+        # Serialised once here; every subscriber then shares the same bytes.
+        data = json.dumps(item["data"], separators=(",", ":"), ensure_ascii=False)
+        if len(data.encode()) > limit:
             raise PayloadTooLarge("event data is over the publish limit",
                                   details={"max_bytes": limit, "index": index})
+        encoded.append(data)
     hub = request.app[HUB]
     results = []
-    for item in items:
-        event, delivered = await hub.publish(item["channel"], item["event"], item["data"])
+    for item, data in zip(items, encoded, strict=True):
+        event, delivered = await hub.publish(item["channel"], item["event"], data)
         results.append({"channel": event.channel, "id": event.id,
                         "delivered_local": delivered})
     body: dict[str, Any] = {"results": results} if batch else results[0]
