@@ -34,7 +34,7 @@ def close_frame(code: int) -> bytes:
 class WsSubscriber(Subscriber):
     """One ``/v1/ws`` socket: JSON messages out through the subscriber queue."""
 
-    __slots__ = ("awaiting_pong", "ws")
+    __slots__ = ("awaiting_pong", "malformed", "ws")
 
     kind = "ws"
 
@@ -43,6 +43,7 @@ class WsSubscriber(Subscriber):
         super().__init__(hub, principal, transport, protocol)
         self.ws = ws
         self.awaiting_pong = False
+        self.malformed = 0  # bad client messages so far (closed 1008 past the budget)
 
     def frame_of(self, event: Event) -> bytes:
         """The event's shared text frame."""

@@ -44,14 +44,13 @@ def _principal(request: web.Request) -> Principal | None:
 
 
 class _Session:
-    """The read side of one socket: message dispatch and the malformed-message budget."""
+    """Handling of one client message (made per message: idle sockets keep none of it)."""
 
-    __slots__ = ("conn", "malformed", "request")
+    __slots__ = ("conn", "request")
 
     def __init__(self, request: web.Request, conn: WsSubscriber) -> None:
         self.request = request
         self.conn = conn
-        self.malformed = 0
 
     def error(self, err: GatewayError, **extra: Any) -> None:
         message = error_message(err, trace_of(self.request).trace_id)
@@ -60,9 +59,9 @@ class _Session:
 
     def refuse_malformed(self, err: GatewayError) -> bool:
         """Answer a bad message; True when the budget is spent and the socket must close."""
-        self.malformed += 1
+        self.conn.malformed += 1
         self.error(err)
-        return self.malformed > self.request.app[SETTINGS].hub.ws_max_malformed
+        return self.conn.malformed > self.request.app[SETTINGS].hub.ws_max_malformed
 
     async def handle_text(self, text: str) -> bool:
         """Handle one client message; True when the socket must close (1008)."""
@@ -205,19 +204,19 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         assert transport is not None  # prepared: the connection is open
         conn = WsSubscriber(hub, principal, transport, request.protocol, ws)
         hub.register(conn)
-        session = _Session(request, conn)
         conn.send_json(_welcome(conn))
         while not conn.closed:
             msg = await ws.receive()
             conn.awaiting_pong = False
             if msg.type is WSMsgType.TEXT:
-                if await session.handle_text(msg.data):
+                if await _Session(request, conn).handle_text(msg.data):
                     await ws.close(code=1008, message=b"too many malformed messages")
                     break
             elif msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
             elif msg.type is WSMsgType.BINARY:
-                if session.refuse_malformed(ValidationFailed("binary messages are not accepted")):
+                refusal = ValidationFailed("binary messages are not accepted")
+                if _Session(request, conn).refuse_malformed(refusal):
                     await ws.close(code=1008, message=b"too many malformed messages")
                     break
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
