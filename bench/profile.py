@@ -37,10 +37,10 @@ class Profile:
 
 
 SMOKE = Profile(
-    name="smoke", rounds=1, proxy_duration_s=0.5, proxy_connections=8, fixed_rate=100,
-    fixed_duration_s=0.5, fanout_levels=(20,), fanout_events=3, fanout_rounds=1,
-    memory_levels=(20, 40), chat_levels=(2,), chat_tokens=4, chat_rounds=1,
-    ratelimit_duration_s=0.5, settle_s=0.2, chat_single_turns=1)
+    name="smoke", rounds=1, proxy_duration_s=0.3, proxy_connections=8, fixed_rate=100,
+    fixed_duration_s=0.3, fanout_levels=(20,), fanout_events=3, fanout_rounds=1,
+    memory_levels=(20,), chat_levels=(2,), chat_tokens=4, chat_rounds=1,
+    ratelimit_duration_s=0.3, settle_s=0.1, chat_single_turns=1)
 
 QUICK = Profile(
     name="quick", rounds=3, proxy_duration_s=1.5, proxy_connections=64, fixed_rate=1000,

@@ -46,8 +46,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     out = tmp_path_factory.mktemp("bench")
     report = out / "BENCHMARKS.md"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--no-wrk", "--results-dir", str(out),
-         "--report", str(report)],
+        [sys.executable, "-m", "bench.run", "--smoke", "--no-wrk", "--no-plots",
+         "--results-dir", str(out), "--report", str(report)],
         cwd=REPO, capture_output=True, text=True, timeout=150, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {}
