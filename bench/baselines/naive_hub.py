@@ -11,18 +11,27 @@ import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-Subscribers = dict[str, set[web.StreamResponse]]
 Broadcast = Callable[[web.Request, str, list[web.StreamResponse], object], Awaitable[int]]
-SUBSCRIBERS = web.AppKey("subscribers", dict)
-BROADCAST = web.AppKey("broadcast", object)
 
 
-def _subs(app: web.Application) -> Subscribers:
-    subs: Subscribers = app[SUBSCRIBERS]
-    return subs
+@dataclass
+class HubState:
+    """Subscribers per channel and the broadcast loop in use."""
+
+    broadcast: Broadcast
+    channels: defaultdict[str, set[web.StreamResponse]] = field(
+        default_factory=lambda: defaultdict(set))
+
+
+HUB = web.AppKey("hub", HubState)
+
+
+def _subs(app: web.Application) -> defaultdict[str, set[web.StreamResponse]]:
+    return app[HUB].channels
 
 
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
@@ -86,8 +95,7 @@ async def publish(request: web.Request) -> web.Response:
     body = await request.json()
     channel = str(body.get("channel"))
     targets = list(_subs(request.app).get(channel, ()))
-    broadcast: Broadcast = request.app[BROADCAST]  # type: ignore[assignment]
-    delivered = await broadcast(request, channel, targets, body.get("data"))
+    delivered = await request.app[HUB].broadcast(request, channel, targets, body.get("data"))
     return web.json_response({"delivered_local": delivered})
 
 
@@ -99,8 +107,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(broadcast: Broadcast = naive_broadcast) -> web.Application:
     """The hub app with a pluggable broadcast loop."""
     app = web.Application()
-    app[SUBSCRIBERS] = defaultdict(set)
-    app[BROADCAST] = broadcast
+    app[HUB] = HubState(broadcast)
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/events", sse_handler)
     app.router.add_post("/publish", publish)
