@@ -50,7 +50,7 @@ async def _stalled(**settings: Any) -> Stalled:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(lambda: BaseProtocol(loop), sock=ours)
-    sub = WsSubscriber(hub, ANONYMOUS, transport, protocol, None)  # type: ignore[arg-type]
+    sub = WsSubscriber(hub, ANONYMOUS, transport, protocol)
     hub.register(sub)
     hub.subscribe(sub, "broadcast:a")
     hub.subscribe(sub, "broadcast:b")

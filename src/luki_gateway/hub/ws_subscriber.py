@@ -7,8 +7,6 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from ..auth.principal import Principal
 from ..errors import GatewayError, error_message
 from ..tracing import TraceContext
@@ -34,14 +32,13 @@ def close_frame(code: int) -> bytes:
 class WsSubscriber(Subscriber):
     """One ``/v1/ws`` socket: JSON messages out through the subscriber queue."""
 
-    __slots__ = ("awaiting_pong", "malformed", "ws")
+    __slots__ = ("awaiting_pong", "malformed")
 
     kind = "ws"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
-                 protocol: BaseProtocol, ws: web.WebSocketResponse) -> None:
+                 protocol: BaseProtocol) -> None:
         super().__init__(hub, principal, transport, protocol)
-        self.ws = ws
         self.awaiting_pong = False
         self.malformed = 0  # bad client messages so far (closed 1008 past the budget)
 

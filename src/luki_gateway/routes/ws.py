@@ -202,7 +202,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 return ws
         transport = request.transport
         assert transport is not None  # prepared: the connection is open
-        conn = WsSubscriber(hub, principal, transport, request.protocol, ws)
+        conn = WsSubscriber(hub, principal, transport, request.protocol)
         hub.register(conn)
         conn.send_json(_welcome(conn))
         while not conn.closed:
