@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from luki_gateway.ratelimit.batch import BackendUnavailable, ErrorLog, ScriptBatch
 from luki_gateway.ratelimit.decision import Window
-from luki_gateway.ratelimit.redis_backend import RedisLimiter
+from luki_gateway.ratelimit.redis_backend import SLIDING_LOG, RedisLimiter
 
 from ..redis_server import RedisServer, free_port
 from .conftest import PREFIX, TIMEOUT_S, FakeClock, redis_client
@@ -153,3 +153,29 @@ def test_error_log_speaks_again_after_its_interval() -> None:
                 errors.failure(TimeoutError())
     assert [e["suppressed"] for e in logs] == [0, 29, 29]
     assert {e["error"] for e in logs} == {"TimeoutError"}
+
+
+async def test_noscript_costs_one_extra_round_trip(limiter: RedisLimiter,
+                                                   raw_redis: aioredis.Redis) -> None:
+    """After SCRIPT FLUSH the affected calls rerun with EVAL in one more round trip."""
+    await limiter.decide(WINDOWS, 1)
+    await raw_redis.script_flush()
+    before = limiter.batch.round_trips
+    await asyncio.gather(*(limiter.decide(WINDOWS, 1) for _ in range(20)))
+    assert limiter.batch.round_trips - before == 2
+    assert (await raw_redis.script_exists(SLIDING_LOG.sha)) == [True]
+    await limiter.decide(WINDOWS, 1)
+    assert limiter.batch.round_trips - before == 3
+
+
+async def test_preload_caches_the_script_and_survives_a_dead_redis(
+        limiter: RedisLimiter, raw_redis: aioredis.Redis, redis_server: RedisServer) -> None:
+    """Start-up preloading puts the script in Redis; with Redis down it only logs."""
+    await raw_redis.script_flush()
+    await limiter.batch.preload(SLIDING_LOG)
+    assert (await raw_redis.script_exists(SLIDING_LOG.sha)) == [True]
+    redis_server.kill()
+    try:
+        await limiter.batch.preload(SLIDING_LOG)
+    finally:
+        redis_server.start()

@@ -33,7 +33,15 @@ from ..errors import DownstreamUnavailable, RateLimitExceeded
 from ..redis_client import redis_of
 from ..settings import SETTINGS, RateLimitSettings
 from .batch import BackendUnavailable, ErrorLog, ScriptBatch
-from .lease_store import LeaseStore, MemoryLeaseStore, RedisLeaseStore
+from .lease_store import (
+    ACQUIRE,
+    COUNT,
+    REFRESH,
+    RELEASE,
+    LeaseStore,
+    MemoryLeaseStore,
+    RedisLeaseStore,
+)
 from .metrics import RATELIMIT_METRICS, RateLimitMetrics
 
 LeaseKind = Literal["sse", "ws", "chat"]
@@ -209,6 +217,7 @@ async def leases_ctx(app: web.Application) -> AsyncIterator[None]:
         store = RedisLeaseStore(ScriptBatch(
             redis, timeout_s=settings.redis_timeout_s, what="leases",
             on_error=metrics.count_backend_errors if metrics else None))
+        await store.batch.preload(ACQUIRE, REFRESH, RELEASE, COUNT)
     leases = StreamLeases(store, settings.ratelimit, prefix=settings.redis_prefix,
                           metrics=metrics)
     app[LEASES] = leases

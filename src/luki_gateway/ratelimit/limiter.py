@@ -15,7 +15,7 @@ from .decision import Limiter
 from .memory import MemoryLimiter
 from .metrics import RATELIMIT_METRICS, RateLimitMetrics
 from .policies import RatePolicies
-from .redis_backend import RedisLimiter
+from .redis_backend import SLIDING_LOG, RedisLimiter
 
 log = structlog.get_logger("luki.ratelimit")
 
@@ -40,6 +40,7 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
         batch = ScriptBatch(redis, timeout_s=settings.redis_timeout_s, what="limiter",
                             on_error=metrics.count_backend_errors)
         limiter = RedisLimiter(redis, batch, settings.redis_prefix)
+        await batch.preload(SLIDING_LOG)
     app[LIMITER] = limiter
     yield
     await limiter.close()
