@@ -103,7 +103,11 @@ class RelayedTurn:
             self.task.cancel()
 
     async def run(self) -> None:
-        """Relay the agent's stream into the turn until one terminal event is published."""
+        """Relay the agent's stream into the turn, then publish its one terminal event.
+
+        The lease is released and the tokens charged before the terminal event goes out,
+        so a client that saw ``done`` may start its next turn at once.
+        """
         app = self.app
         settings = app[SETTINGS].chat
         metrics = app[CHAT_METRICS]
@@ -117,73 +121,94 @@ class RelayedTurn:
         tokens = 0
         last = 0.0
         usage: dict[str, int] | None = None
-        outcome = "internal_error"
+        failure: GatewayError | None = None
+        finish_reason = "stop"
         metrics.active.inc()
         try:
             client = agent_client(app)
             upstream_start = loop.time()
             async with asyncio.timeout(settings.first_token_timeout_s) as deadline:
                 stream = await client.open_stream(req.agent, identity_headers(req, turn.turn_id))
-                async for event in stream.events():
-                    kind = event.kind
-                    if kind == "token":
-                        now = loop.time()
-                        if tokens:
-                            observe_gap(now - last)
+                events = stream.events()
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        kind = event.kind
+                        if kind == "token":
+                            now = loop.time()
+                            if tokens:
+                                observe_gap(now - last)
+                            else:
+                                metrics.upstream_ttft.observe(now - upstream_start)
+                                metrics.ttft.observe(now - req.received_at)
+                            last = now
+                            tokens += 1
+                            deadline.reschedule(now + idle)
+                            publish("token", event.data, event.value)
+                        elif kind == "tool_call":
+                            deadline.reschedule(loop.time() + idle)
+                            publish("tool_call", event.data, event.value)
+                        elif kind == "done":
+                            usage = event.value["usage"]
+                            finish_reason = event.value["finish_reason"]
+                            break
                         else:
-                            metrics.upstream_ttft.observe(now - upstream_start)
-                            metrics.ttft.observe(now - req.received_at)
-                        last = now
-                        tokens += 1
-                        deadline.reschedule(now + idle)
-                        publish("token", event.data, event.value)
-                    elif kind == "tool_call":
-                        deadline.reschedule(loop.time() + idle)
-                        publish("tool_call", event.data, event.value)
-                    elif kind == "done":
-                        usage = event.value["usage"] or self._counted(tokens)
-                        outcome = event.value["finish_reason"]
-                        self._finish(outcome, usage)
-                        return
+                            raise DownstreamError("the agent reported an error",
+                                                  details=event.value)
                     else:
-                        raise DownstreamError("the agent reported an error",
-                                              details=event.value)
-            raise DownstreamError("agent closed the stream without a final event")
+                        raise DownstreamError("agent closed the stream without a final event")
         except TimeoutError:
-            err: GatewayError = DownstreamTimeout(
+            failure = DownstreamTimeout(
                 "no token from the agent within the idle timeout" if tokens else
                 "no first token from the agent in time")
-            outcome = self._fail(err)
         except GatewayError as exc:
-            outcome = self._fail(exc)
+            failure = exc
         except asyncio.CancelledError:
-            outcome = self._cancel_reason
-            self._finish(outcome, self._counted(tokens))
+            finish_reason = self._cancel_reason
         except Exception:
             log.exception("chat relay failed", turn_id=turn.turn_id)
-            outcome = self._fail(InternalError())
+            failure = InternalError()
         finally:
             if stream is not None:
                 stream.close()
             metrics.active.dec()
             if usage is None:
                 usage = self._counted(tokens)
-            metrics.turns.labels(req.transport, outcome.lower()).inc()
+            outcome = failure.code.lower() if failure is not None else finish_reason
+            metrics.turns.labels(req.transport, outcome).inc()
             metrics.tokens.labels("input").inc(usage["input_tokens"])
             metrics.tokens.labels("output").inc(usage["output_tokens"])
-            await self.allowance.settle(usage["output_tokens"])
+            try:
+                await self.allowance.settle(usage["output_tokens"])
+            finally:
+                # Exactly one terminal event, even if the settlement was interrupted.
+                if failure is not None:
+                    self.fail(failure)
+                else:
+                    self.finish(finish_reason, usage)
 
     def _counted(self, tokens: int) -> dict[str, int]:
         return {"input_tokens": len(self.request.agent.message.split()), "output_tokens": tokens}
 
-    def _finish(self, reason: str, usage: dict[str, int]) -> None:
-        data = done_data(reason, usage, self.turn.turn_id, self.request.trace.trace_id)
-        self.turn.publish("done", data, json.loads(data))
+    def finish(self, reason: str, usage: dict[str, int]) -> None:
+        """Publish ``done`` (once)."""
+        if not self.turn.finished:
+            data = done_data(reason, usage, self.turn.turn_id, self.request.trace.trace_id)
+            self.turn.publish("done", data, json.loads(data))
 
-    def _fail(self, err: GatewayError) -> str:
-        data = error_data(err, self.request.trace.trace_id)
-        self.turn.publish("error", data, json.loads(data))
-        return err.code
+    def fail(self, err: GatewayError) -> None:
+        """Publish ``error`` (once)."""
+        if not self.turn.finished:
+            data = error_data(err, self.request.trace.trace_id)
+            self.turn.publish("error", data, json.loads(data))
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        """Done callback: a task cancelled before it ever ran still ends its turn."""
+        self.app[RELAYS].discard(self)
+        if not self.turn.finished:
+            self.finish(self._cancel_reason, self._counted(0))
+            settle = asyncio.ensure_future(self.allowance.settle(0))
+            self.app[SETTLING].add(settle)
+            settle.add_done_callback(self.app[SETTLING].discard)
 
 
 def _client_for(app: web.Application) -> AgentClient:
@@ -213,18 +238,21 @@ def start_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowa
     relays = app[RELAYS]
     relays.add(relayed)
     task = asyncio.create_task(relayed.run(), name=f"chat-turn-{turn.turn_id}")
-    task.add_done_callback(lambda _: relays.discard(relayed))
+    task.add_done_callback(relayed.ended)
     relayed.task = task
     return relayed
 
 
 RELAYS = web.AppKey("chat_relays", set[RelayedTurn])
+# Lease releases of turns cancelled before they started (kept so none is lost).
+SETTLING = web.AppKey("chat_settling", set[asyncio.Future[None]])
 
 
 async def relays_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: chat metrics, and no relay task outlives the app."""
     app[CHAT_METRICS] = ChatMetrics.create(app[REGISTRY])
     app[RELAYS] = set()
+    app[SETTLING] = set()
     if "agent" in app[UPSTREAMS]:
         app[AGENT_CLIENT] = _client_for(app)
     yield
@@ -240,3 +268,6 @@ async def stop_relays(app: web.Application) -> None:
         if relayed.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await relayed.task
+    settling = list(app.get(SETTLING, ()))
+    if settling:
+        await asyncio.gather(*settling, return_exceptions=True)

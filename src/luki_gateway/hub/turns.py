@@ -18,7 +18,6 @@ with MAXLEN ~; TTL ``chat.resume_ttl_s``), ``turn:<id>:meta`` (hash: owner; same
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import OrderedDict
@@ -44,6 +43,17 @@ WATCH_TTL_MS = 3000
 MAX_FINISHED_LOCAL = 1000
 # Flush at most this often, so a burst of tokens becomes one pipeline.
 FLUSH_DELAY_S = 0.004
+
+
+CLOSE_TIMEOUT_S = 2.0
+
+
+def _reraise_cancel() -> None:
+    """A cancel that arrived while a Redis call timed out surfaces as TimeoutError (3.11's
+    asyncio.timeout); do not let it be swallowed as a Redis failure."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class TurnEvent(NamedTuple):
@@ -165,6 +175,7 @@ class TurnRegistry:
         self._new_meta: list[tuple[str, str]] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- keys ------------------------------------------------------------------------
     def stream_key(self, turn_id: str) -> str:
@@ -219,17 +230,21 @@ class TurnRegistry:
 
     async def close(self) -> None:
         """Stop the flusher after a last flush."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-            await self.flush()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            self._closing = True
+            self._wake.set()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await flusher
+            except TimeoutError:
+                log.warning("turn buffer flusher did not stop in time")
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
-            await asyncio.sleep(FLUSH_DELAY_S)
+            if not self._closing:
+                await asyncio.sleep(FLUSH_DELAY_S)
             self._wake.clear()
             await self.flush()
 
@@ -256,6 +271,7 @@ class TurnRegistry:
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
+            _reraise_cancel()
             # Resume from another process degrades; the live relay is unaffected.
             log.warning("turn buffer write failed", error=type(exc).__name__,
                         events=len(pending))
@@ -320,6 +336,7 @@ class TurnRegistry:
                                               block=int(WATCH_REFRESH_S * 1000))
                     batch = found[0][1] if found else []
             except (RedisError, OSError):
+                _reraise_cancel()
                 raise DownstreamUnavailable("turn store unavailable") from None
             if first and batch:
                 oldest = int(batch[0][1][b"s"])

@@ -10,7 +10,7 @@ upstream does (garbage, closing without a terminal event) raises :class:`Downstr
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -270,7 +270,7 @@ class AgentStream:
         self._breaker = breaker
         self._ended = False
 
-    async def events(self) -> AsyncIterator[AgentEvent]:
+    async def events(self) -> AsyncGenerator[AgentEvent, None]:
         """Agent events as each completes; ends after ``done``/``error`` (raises on garbage)."""
         parser = SseParser()
         translate = self._dialect.translate
@@ -278,10 +278,11 @@ class AgentStream:
             async for chunk in self._response.content.iter_any():
                 for sse in parser.feed(chunk):
                     for event in translate(sse):
-                        yield event
                         if event.kind == "done" or event.kind == "error":
                             self._end(event.kind == "done")
+                            yield event
                             return
+                        yield event
             for event in self._dialect.finish():
                 yield event
             self._end(True)
