@@ -23,7 +23,7 @@ from .ratelimit.leases import leases_ctx
 from .ratelimit.limiter import limiter_ctx
 from .ratelimit.quotas import quotas_ctx
 from .redis_client import redis_ctx
-from .routes import auth, chat, docs, events, health, metrics, proxy, stats, usage, ws
+from .routes import auth, chat, demo, docs, events, health, metrics, proxy, stats, usage, ws
 from .routes.access import ROUTE_ACCESS
 from .routes.ws_protocol import WS_MESSAGE_HANDLERS
 from .settings import SETTINGS, Settings
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     health.setup(app)       # /healthz /live /ready /health
     metrics.setup(app)      # /metrics
     docs.setup(app)         # /openapi.json /docs (built at start-up from every route)
+    demo.setup(app)         # / the demo chat page and /demo/{name} assets
     auth.setup(app)         # /v1/auth/ticket
     usage.setup(app)        # /v1/usage /v1/me
     chat.setup(app)         # /v1/chat /v1/chat/stream
