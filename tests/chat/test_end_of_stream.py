@@ -21,6 +21,7 @@ def _agent(**behaviour: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("behaviour", "code"), [
     ({"failure": "early_close", "after": 2}, "DOWNSTREAM_ERROR"),
     ({"failure": "early_close", "after": 0}, "DOWNSTREAM_ERROR"),
+    ({"failure": "eof", "after": 2}, "DOWNSTREAM_ERROR"),
     ({"failure": "garbage", "after": 1}, "DOWNSTREAM_ERROR"),
     ({"failure": "bad_utf8", "after": 1}, "DOWNSTREAM_ERROR"),
     ({"failure": "error", "after": 3}, "DOWNSTREAM_ERROR"),

@@ -22,9 +22,12 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-Failure = Literal["none", "early_close", "garbage", "stall", "error", "http_error", "bad_utf8"]
-FAILURES: tuple[str, ...] = ("none", "early_close", "garbage", "stall", "error", "http_error",
-                             "bad_utf8")
+# early_close drops the connection mid-body; eof ends the body cleanly but with no final
+# event; garbage sends an event that is not JSON; bad_utf8 one that is not UTF-8.
+Failure = Literal["none", "early_close", "eof", "garbage", "stall", "error", "http_error",
+                  "bad_utf8"]
+FAILURES: tuple[str, ...] = ("none", "early_close", "eof", "garbage", "stall", "error",
+                             "http_error", "bad_utf8")
 Outcome = Literal["running", "completed", "cancelled", "failed"]
 
 _WORDS = ("LUKi", "is", "listening", "and", "thinking", "about", "what", "you", "said", "so",
@@ -46,6 +49,8 @@ class AgentBehaviour:
     finish_reason: str = "stop"
     # Include usage in ``done`` (native) / the usage chunk (OpenAI); else the gateway counts.
     report_usage: bool = True
+    # Write each event in pieces of this many bytes (0: whole), to test parsers' buffering.
+    chunk_bytes: int = 0
 
     def merged(self, overrides: Any) -> AgentBehaviour:
         """This behaviour with the valid fields of a request's ``agent`` object applied."""
@@ -145,9 +150,14 @@ async def _pause(request: web.Request, seconds: float) -> None:
         await asyncio.sleep(min(left, _POLL_S))
 
 
-async def _write(response: web.StreamResponse, data: bytes) -> None:
+async def _write(response: web.StreamResponse, data: bytes, chunk_bytes: int = 0) -> None:
     try:
-        await response.write(data)
+        if chunk_bytes <= 0:
+            await response.write(data)
+            return
+        for start in range(0, len(data), chunk_bytes):
+            await response.write(data[start:start + chunk_bytes])
+            await asyncio.sleep(0)  # let each piece leave as its own segment
     except (ConnectionError, RuntimeError) as exc:
         raise _ClientGone from exc
 
@@ -235,7 +245,7 @@ async def _stream(request: web.Request, message: str, behaviour: AgentBehaviour,
             # Absolute schedule, so pacing does not drift with write time.
             await _pause(request, start + i * interval - time.monotonic())
             await _write(response, _openai_chunk({"content": token}) if openai
-                         else _sse("token", {"text": token}))
+                         else _sse("token", {"text": token}), behaviour.chunk_bytes)
             record.tokens_sent += 1
         if behaviour.failure != "none":
             await _misbehave(request, response, behaviour, log, record, openai)
@@ -254,7 +264,7 @@ async def _stream(request: web.Request, message: str, behaviour: AgentBehaviour,
             done: dict[str, Any] = {"finish_reason": finish}
             if behaviour.report_usage:
                 done["usage"] = usage
-            await _write(response, _sse("done", done))
+            await _write(response, _sse("done", done), behaviour.chunk_bytes)
         await response.write_eof()
         log.ended(record, "completed")
     except (_ClientGone, ConnectionError):

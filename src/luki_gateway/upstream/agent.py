@@ -283,6 +283,8 @@ class AgentStream:
                             yield event
                             return
                         yield event
+                if parser.error is not None:
+                    raise parser.error
             for event in self._dialect.finish():
                 yield event
             self._end(True)

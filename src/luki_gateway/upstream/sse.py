@@ -29,7 +29,7 @@ class SseProtocolError(ValueError):
 class SseParser:
     """Feed bytes, get complete events; keeps the partial event between calls."""
 
-    __slots__ = ("_buf", "_last_id", "_max", "_pending_cr", "retry_ms")
+    __slots__ = ("_buf", "_last_id", "_max", "_pending_cr", "error", "retry_ms")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._buf = b""
@@ -37,9 +37,17 @@ class SseParser:
         self._max = max_event_bytes
         self._pending_cr = False
         self.retry_ms: int | None = None
+        # Set when a block could not be decoded; the events before it were still returned.
+        self.error: SseProtocolError | None = None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        """Consume ``chunk``; return the events it completed (possibly none)."""
+        """Consume ``chunk``; return the events it completed (possibly none).
+
+        A block that is not valid UTF-8 stops parsing: the events before it are returned
+        and :attr:`error` is set. An event over the size cap raises at once.
+        """
+        if self.error is not None:
+            raise self.error
         if b"\r" in chunk or self._pending_cr:
             chunk = self._normalise(chunk)
         buf = self._buf + chunk if self._buf else chunk
@@ -54,7 +62,13 @@ class SseParser:
             raise SseProtocolError("upstream event exceeds the size limit")
         events: list[SseEvent] = []
         for block in blocks:
-            event = self._dispatch(block)
+            try:
+                event = self._dispatch(block)
+            except SseProtocolError as exc:
+                # Events before the bad one were complete: hand them out, then fail.
+                self.error = exc
+                self._buf = b""
+                return events
             if event is not None:
                 events.append(event)
         return events
