@@ -209,6 +209,8 @@ class HubSettings:
     sse_heartbeat_s: float = _field(15.0, validators=_positive())
     sse_retry_ms: int = _field(3000, validators=_positive())
     broadcast_subscribe: bool = _field(True)
+    # Silent pub/sub link probed with PING after this long; no answer as long again: reconnect.
+    redis_liveness_s: float = _field(5.0, validators=_positive())
     session_subscribe: str = _field("owner", validators=validate.OneOf(["owner", "any", "none"]))
 
 

@@ -142,3 +142,31 @@ async def test_redis_restart_mid_run(gateway: Callable[..., Any], redis_url: str
         await ws.close()
     stats = (await (await a.get("/v1/stats")).json())["broker"]
     assert stats == {"kind": "redis", "connected": True, "reconnects": 1}
+
+
+async def test_frozen_redis_is_noticed_and_recovered(gateway: Callable[..., Any],
+                                                     redis_url: str,
+                                                     redis_server: RedisServer) -> None:
+    """Redis frozen (SIGSTOP): the silent link is probed and dropped; thawed: delivery resumes."""
+    a, b = await _pair(gateway, redis_url, hub={"redis_liveness_s": 0.3})
+    channel = "broadcast:frozen"
+    on_a, on_b = await _ws(a, channel), await _ws(b, channel)
+    redis_server.pause()
+    try:
+        await wait_until(lambda: not _hub(a).broker.connected
+                         and not _hub(b).broker.connected, within=5)
+        async with asyncio.timeout(5):
+            local = await _publish(a, channel, 1)  # times out against Redis, delivered here
+        assert await _ws_events(on_a, 1) == [(local, 1)]
+    finally:
+        redis_server.resume()
+    await wait_until(lambda: _hub(a).broker.connected and _hub(b).broker.connected, within=10)
+    after = await _publish(b, channel, 2)
+    # The timed-out publish may still run once Redis thaws: wait for n=2 on both.
+    for ws in (on_a, on_b):
+        got = await _ws_events(ws, 1)
+        while got[-1][1] != 2:
+            got += await _ws_events(ws, 1)
+        assert got[-1] == (after, 2)
+    for ws in (on_a, on_b):
+        await ws.close()

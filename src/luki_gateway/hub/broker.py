@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from .event import Event
@@ -29,6 +30,9 @@ log = structlog.get_logger("luki.hub.broker")
 
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
+# A pub/sub link silent this long is probed with PING; no answer as long again: reconnect.
+LIVENESS_S = 5.0
+CLOSE_WAIT_S = 1.0
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -82,11 +86,13 @@ class RedisBroker:
 
     def __init__(self, hub: Hub, history: RedisHistory,
                  make_listener_client: Callable[[], aioredis.Redis],
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 liveness_s: float = LIVENESS_S) -> None:
         self.hub = hub
         self.history = history
         self._make_client = make_listener_client
         self._sleep = sleep
+        self.liveness_s = liveness_s
         self._task: asyncio.Task[None] | None = None
         self._ids = IdClock()  # ids for events published locally while Redis is down
         self.connected = False
@@ -118,39 +124,31 @@ class RedisBroker:
             await asyncio.wait_for(self._subscribed.wait(), timeout=2.0)
 
     async def close(self) -> None:
-        """Stop the listener."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the listener (bounded: a frozen Redis cannot hold up shutdown)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=CLOSE_WAIT_S)
 
     async def _listen(self) -> None:
-        pattern = f"{self.history.prefix}ch:*"
-        strip = len(self.history.prefix) + 3
         backoff = BACKOFF_FIRST_S
         first = True
         while True:
             client = self._make_client()
             pubsub = client.pubsub()
             try:
-                await pubsub.psubscribe(pattern)
-                if not first:
-                    self.reconnects += 1
-                    self.hub.notify_outage()
-                    await self._catch_up()
-                    log.info("redis pub/sub reconnected", reconnects=self.reconnects)
+                async with asyncio.timeout(self.liveness_s):
+                    await pubsub.psubscribe(f"{self.history.prefix}ch:*")
+                    if not first:
+                        self.reconnects += 1
+                        self.hub.notify_outage()
+                        await self._catch_up()
+                        log.info("redis pub/sub reconnected", reconnects=self.reconnects)
                 first = False
                 self.connected = True
                 self._subscribed.set()
                 backoff = BACKOFF_FIRST_S
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=None)
-                    if message is None or message["type"] != "pmessage":
-                        continue
-                    channel = message["channel"][strip:].decode()
-                    self.hub.deliver_once(Event.from_wire(channel, message["data"]))
+                await self._relay(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -161,11 +159,34 @@ class RedisBroker:
                 first = False
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(),  # type: ignore[no-untyped-call]
+                                           CLOSE_WAIT_S)
                 with contextlib.suppress(Exception):
-                    await client.aclose()
+                    await asyncio.wait_for(client.aclose(), CLOSE_WAIT_S)
             await self._sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _relay(self, pubsub: PubSub) -> None:
+        """Deliver pattern messages; a silent link is probed with PING and dropped if dead."""
+        strip = len(self.history.prefix) + 3
+        probe_after = self.liveness_s
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        probed: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=min(1.0, probe_after))
+            now = loop.time()
+            if message is not None:
+                heard, probed = now, None
+                if message["type"] == "pmessage":
+                    channel = message["channel"][strip:].decode()
+                    self.hub.deliver_once(Event.from_wire(channel, message["data"]))
+                continue
+            if probed is not None and now - probed > self.liveness_s:
+                raise TimeoutError("redis did not answer PING on the pub/sub link")
+            if probed is None and now - heard > probe_after:
+                probed = now
+                await pubsub.ping()
 
     async def _catch_up(self) -> None:
         """Deliver what was stored while this process was not listening."""

@@ -372,7 +372,8 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     if redis is not None:
         history = RedisHistory(redis, settings.redis_prefix, settings.hub.history_size,
                                settings.hub.history_ttl_s)
-        hub.broker = RedisBroker(hub, history, lambda: _listener_client(settings))
+        hub.broker = RedisBroker(hub, history, lambda: _listener_client(settings),
+                                 liveness_s=settings.hub.redis_liveness_s)
     elif settings.workers > 1:
         log.warning("streaming hub without REDIS_URL under several workers: a publish reaches "
                     "only the subscribers of the worker that received it", workers=settings.workers)
