@@ -219,14 +219,14 @@ async def test_heartbeat_closes_silent_peer(gateway: Callable[..., Any]) -> None
 
 async def test_heartbeat_keeps_answering_peer(gateway: Callable[..., Any]) -> None:
     """A peer that answers pings stays connected across several sweeps."""
-    client = await gateway(hub={"ws_heartbeat_s": 0.1}, **OPEN)
+    client = await gateway(hub={"ws_heartbeat_s": 0.3}, **OPEN)
     ws = await client.ws_connect("/v1/ws")  # aiohttp answers pings itself
     await ws.receive_json(timeout=5)
     await ws.send_json({"type": "subscribe", "channel": "broadcast:hb"})
     await ws.receive_json(timeout=5)
     # aiohttp's client answers pings inside receive(); nothing else arrives meanwhile.
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ws.receive(), 0.6)
+        await asyncio.wait_for(ws.receive(), 1.0)
     await _publish(client, "broadcast:hb", {"alive": True})
     assert (await ws.receive_json(timeout=5))["data"] == {"alive": True}
     await ws.close()
