@@ -59,7 +59,9 @@ async def test_stalled_agent_is_cancelled_after_timeout(start_agent: Callable[..
     client = await chat_gateway(agent, chat={"idle_timeout_s": 0.3})
     resp = await client.post("/v1/chat/stream", json=_agent(failure="stall", after=1),
                              headers=bearer())
-    await read_events(resp)
+    async with asyncio.timeout(2.0):  # the idle limit (0.3 s), not the first-token one (30 s)
+        events = await read_events(resp)
+    assert events[-1].data["error"]["code"] == "DOWNSTREAM_TIMEOUT"
     await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 2.0)
 
 

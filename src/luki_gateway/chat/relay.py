@@ -82,6 +82,49 @@ def error_data(err: GatewayError, trace_id: str) -> str:
     return json.dumps(err.body(trace_id))
 
 
+class Watchdog:
+    """First-token and idle timeouts for one relay task at the cost of one store per event.
+
+    Relays write ``last`` on every event; the timer only fires at the earliest possible
+    deadline and re-arms itself from ``last`` (no per-token timer rescheduling).
+    """
+
+    __slots__ = ("_handle", "_loop", "_task", "fired", "last", "limit_s")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None],
+                 limit_s: float) -> None:
+        self._loop = loop
+        self._task = task
+        self.last = loop.time()
+        self.limit_s = limit_s
+        self.fired = False
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + limit_s,
+                                                                 self._check)
+
+    def _check(self) -> None:
+        due = self.last + self.limit_s
+        if self._loop.time() >= due:
+            self._handle = None
+            self.fired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def switch(self, now: float, limit_s: float) -> None:
+        """From the first-token limit to the idle limit (once per turn: re-arms the timer)."""
+        self.last = now
+        self.limit_s = limit_s
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = self._loop.call_at(now + limit_s, self._check)
+
+    def stop(self) -> None:
+        """Disarm (the relay is ending)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class RelayedTurn:
     """A turn and the task relaying it; ``cancel`` ends it with ``done`` cancelled."""
 
@@ -124,50 +167,55 @@ class RelayedTurn:
         failure: GatewayError | None = None
         finish_reason = "stop"
         metrics.active.inc()
+        task = asyncio.current_task()
+        assert task is not None  # run() is always a task of its own
+        watchdog = Watchdog(loop, task, settings.first_token_timeout_s)
         try:
             client = agent_client(app)
             upstream_start = loop.time()
-            async with asyncio.timeout(settings.first_token_timeout_s) as deadline:
-                stream = await client.open_stream(req.agent, identity_headers(req, turn.turn_id))
-                events = stream.events()
-                async with contextlib.aclosing(events):
-                    async for event in events:
-                        kind = event.kind
-                        if kind == "token":
-                            now = loop.time()
-                            if tokens:
-                                observe_gap(now - last)
-                            else:
-                                metrics.upstream_ttft.observe(now - upstream_start)
-                                metrics.ttft.observe(now - req.received_at)
-                            last = now
-                            tokens += 1
-                            deadline.reschedule(now + idle)
-                            publish("token", event.data, event.value)
-                        elif kind == "tool_call":
-                            deadline.reschedule(loop.time() + idle)
-                            publish("tool_call", event.data, event.value)
-                        elif kind == "done":
-                            usage = event.value["usage"]
-                            finish_reason = event.value["finish_reason"]
-                            break
+            stream = await client.open_stream(req.agent, identity_headers(req, turn.turn_id))
+            events = stream.events()
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    kind = event.kind
+                    if kind == "token":
+                        now = loop.time()
+                        if tokens:
+                            observe_gap(now - last)
                         else:
-                            raise DownstreamError("the agent reported an error",
-                                                  details=event.value)
+                            metrics.upstream_ttft.observe(now - upstream_start)
+                            metrics.ttft.observe(now - req.received_at)
+                            watchdog.switch(now, idle)
+                        last = watchdog.last = now
+                        tokens += 1
+                        publish("token", event.data, event.value)
+                    elif kind == "tool_call":
+                        watchdog.last = loop.time()
+                        publish("tool_call", event.data, event.value)
+                    elif kind == "done":
+                        usage = event.value["usage"]
+                        finish_reason = event.value["finish_reason"]
+                        break
                     else:
-                        raise DownstreamError("agent closed the stream without a final event")
-        except TimeoutError:
-            failure = DownstreamTimeout(
-                "no token from the agent within the idle timeout" if tokens else
-                "no first token from the agent in time")
+                        raise DownstreamError("the agent reported an error",
+                                              details=event.value)
+                else:
+                    raise DownstreamError("agent closed the stream without a final event")
         except GatewayError as exc:
             failure = exc
         except asyncio.CancelledError:
-            finish_reason = self._cancel_reason
+            task.uncancel()  # our own cancel (watchdog or cancel()); the turn still ends
+            if watchdog.fired:
+                failure = DownstreamTimeout(
+                    "no token from the agent within the idle timeout" if tokens else
+                    "no first token from the agent in time")
+            else:
+                finish_reason = self._cancel_reason
         except Exception:
             log.exception("chat relay failed", turn_id=turn.turn_id)
             failure = InternalError()
         finally:
+            watchdog.stop()
             if stream is not None:
                 stream.close()
             metrics.active.dec()

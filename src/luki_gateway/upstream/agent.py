@@ -77,6 +77,10 @@ def _agent_error(error: Any) -> AgentEvent:
     return AgentEvent("error", "", {"upstream_code": code})
 
 
+_TEXT_HEAD = '{"text": "'
+_TEXT_HEAD_LEN = len(_TEXT_HEAD)
+
+
 class NativeDialect:
     """The LUKi agent's own SSE events, forwarded nearly as they come."""
 
@@ -95,6 +99,12 @@ class NativeDialect:
         kind = event.event
         if kind == "token":
             data = event.data
+            if data.startswith(_TEXT_HEAD) and data.endswith('"}'):
+                # Fast path for the usual {"text": "..."}: no quote or escape inside means
+                # the JSON string is the text itself (json.dumps escapes everything else).
+                literal = data[_TEXT_HEAD_LEN:-2]
+                if '"' not in literal and "\\" not in literal:
+                    return [AgentEvent("token", data, literal)]
             payload = _decode_object(data)
             text = payload.get("text")
             if not isinstance(text, str):
