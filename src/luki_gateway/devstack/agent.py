@@ -39,8 +39,9 @@ _POLL_S = 0.02  # how often a waiting stream checks whether its client left
 class AgentBehaviour:
     """How the reference agent answers: size, pace and the failure to act out."""
 
-    tokens: int = 12
-    tokens_per_s: float = 50.0
+    # About two seconds per answer: slow enough to watch (and cancel) in the demo page.
+    tokens: int = 40
+    tokens_per_s: float = 20.0
     first_token_delay_s: float = 0.0
     failure: Failure = "none"
     # The failure happens after this many tokens were sent.
