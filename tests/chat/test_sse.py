@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -128,3 +129,34 @@ async def test_acting_for_another_user_needs_act_as(start_agent: Callable[..., A
     resp = await client.post("/v1/chat/stream", json={"message": "hi", "user_id": "bob"},
                              headers=bearer("alice", ("chat:write", "chat:act_as")))
     assert [e.event for e in await read_events(resp)] == ["token", "done"]
+
+
+async def test_eventsource_get_with_ticket(start_agent: Callable[..., Any],
+                                           chat_gateway: Callable[..., Any]) -> None:
+    """A browser's EventSource cannot send headers: a stream ticket in the query works."""
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/auth/ticket", headers=bearer())
+    ticket = (await resp.json())["ticket"]
+    resp = await client.get("/v1/chat/stream", params={"message": "hi", "ticket": ticket})
+    assert resp.status == 200
+    assert [e.event for e in await read_events(resp)] == ["token", "token", "done"]
+    resp = await client.post("/v1/chat/stream", params={"ticket": ticket},
+                             json={"message": "hi"})
+    assert resp.status == 401
+
+
+async def test_shutdown_ends_open_streams_with_done(start_agent: Callable[..., Any],
+                                                    chat_gateway: Callable[..., Any]) -> None:
+    """Stopping the gateway ends a running turn with done cancelled, not a cut stream."""
+    agent = await start_agent(tokens=1000, tokens_per_s=20.0)
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    first = await read_events(resp, stop_after=1)
+    closing = asyncio.create_task(client.server.close())
+    rest = await read_events(resp)
+    await closing
+    events = first + rest
+    assert events[-1].event == "done"
+    assert events[-1].data["finish_reason"] == "cancelled"
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
