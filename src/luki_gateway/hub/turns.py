@@ -359,14 +359,6 @@ class TurnRegistry:
                 # The process running the turn is gone: say so instead of waiting forever.
                 raise DownstreamTimeout("the turn stopped without an end")
 
-    def cancel_all(self) -> list[Turn]:
-        """Abandon every live turn (shutdown); returns them."""
-        turns = list(self.live.values())
-        for turn in turns:
-            if turn.abandon is not None:
-                turn.abandon()
-        return turns
-
 
 TURNS = web.AppKey("turns", TurnRegistry)
 
