@@ -32,7 +32,10 @@ from .upstream.sessions import upstream_sessions_ctx
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
     """Build one gateway application from validated settings."""
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    # Header lines up to 16 KiB reach our middlewares, so an over-long token (auth refuses
+    # above max_token_bytes, 8 KiB) gets the JSON 401 instead of aiohttp's plain-text 400.
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          handler_args={"max_field_size": 16384})
 
     # Shared state, typed keys only.
     app[SETTINGS] = settings
