@@ -9,23 +9,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from luki_gateway.upstream.sessions import UPSTREAMS
 
 from ..conftest import bearer
-from .proxy_upstream import CONTROL, Control, create_upstream_app
+from .proxy_upstream import Control, create_upstream_app
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def echo_app(aiohttp_server: Callable[..., Any]) -> tuple[str, Control]:
-    """The echo/misbehaving upstream on a real socket: (base URL, its control)."""
-    app = create_upstream_app()
-    server: TestServer = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/"), app[CONTROL]
 
 
 @pytest.fixture

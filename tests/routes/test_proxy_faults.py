@@ -11,24 +11,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from luki_gateway.app import create_app
 from luki_gateway.settings import Settings
 from luki_gateway.upstream.breaker import CircuitBreaker
 from luki_gateway.upstream.sessions import UPSTREAMS, Upstream
 
-from .proxy_upstream import CONTROL, Control, create_upstream_app, garbage_server
+from .proxy_upstream import Control, garbage_server
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def echo_app(aiohttp_server: Callable[..., Any]) -> tuple[str, Control]:
-    """The echo/misbehaving upstream on a real socket: (base URL, its control)."""
-    app = create_upstream_app()
-    server: TestServer = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/"), app[CONTROL]
 
 
 @pytest.fixture
