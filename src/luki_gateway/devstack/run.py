@@ -145,7 +145,9 @@ def banner(settings: Settings, references: list[Reference], api_key: str | None)
     for name, url in settings.upstreams.items():
         kind = "reference" if name in local else "external"
         lines.append(f"    {name:<{width}}  {url}  ({kind})")
-    lines += [f"  demo page {base}/", f"  health    {base}/health",
+    # The demo page reads the key from the fragment (never sent to the server or logged).
+    demo = f"{base}/#key={api_key}" if api_key else f"{base}/"
+    lines += [f"  demo page {demo}", f"  health    {base}/health",
               f"  metrics   {base}/metrics", f"  API docs  {base}/docs"]
     auth = f" -H 'Authorization: Bearer {api_key}'" if api_key else ""
     lines += [
