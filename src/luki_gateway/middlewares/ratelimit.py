@@ -8,6 +8,7 @@ failure mode decides: open (serve unlimited) for REST, closed (503) for publishi
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -15,7 +16,7 @@ from aiohttp.typedefs import Handler
 from ..auth.principal import PRINCIPAL
 from ..errors import DownstreamUnavailable, RateLimitExceeded
 from ..ratelimit.batch import BackendUnavailable
-from ..ratelimit.decision import Decision
+from ..ratelimit.decision import Decision, Window
 from ..ratelimit.headers import RATE_DECISION
 from ..ratelimit.limiter import LIMITER, RATE_POLICIES
 from ..ratelimit.metrics import RATELIMIT_METRICS
@@ -46,20 +47,31 @@ def rejection(decision: Decision) -> RateLimitExceeded:
 
 
 @web.middleware
-async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Charge the request against every applicable policy; 429 when one is exhausted."""
+def rate_limit(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Charge the request against every applicable policy; 429 when one is exhausted.
+
+    A plain function: unlimited requests go straight to the handler, so no frame of this
+    middleware stays alive for the life of a stream (memory per idle WebSocket counts).
+    """
     app = request.app
     settings = app[SETTINGS].ratelimit
     principal = request.get(PRINCIPAL)
     if not settings.enabled or principal is None:
-        return await handler(request)
+        return handler(request)
     access = access_of(request)
     if access.public or not access.rate_limited:
-        return await handler(request)
+        return handler(request)
     policies = app[RATE_POLICIES]
     windows = policies.windows_for(principal, client_ip(request, policies.trusted))
     if not windows:
-        return await handler(request)
+        return handler(request)
+    return _decide_then_handle(request, handler, access, windows, settings)
+
+
+async def _decide_then_handle(request: web.Request, handler: Handler, access: RouteAccess,
+                              windows: tuple[Window, ...], settings: RateLimitSettings
+                              ) -> web.StreamResponse:
+    app = request.app
     metrics = app[RATELIMIT_METRICS]
     try:
         decision = await app[LIMITER].decide(windows, access.cost)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from structlog.contextvars import bind_contextvars, clear_contextvars
@@ -10,7 +12,7 @@ from ..tracing import REQUEST_TRACE, TraceContext
 
 
 @web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+def request_context(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """Accept or mint X-Request-ID / traceparent and bind them to the log context."""
     headers = request.headers
     trace = TraceContext.from_headers(headers.get("X-Request-ID"), headers.get("traceparent"))
@@ -18,4 +20,6 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     # keep-alive requests share the connection task's context: start clean each time
     clear_contextvars()
     bind_contextvars(request_id=trace.request_id, trace_id=trace.trace_id)
-    return await handler(request)
+    # A plain function handing back the handler's awaitable: no frame of ours stays
+    # alive for the life of a stream.
+    return handler(request)
