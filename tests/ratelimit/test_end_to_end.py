@@ -91,11 +91,12 @@ async def test_sse_subscriptions_are_capped_per_principal(
 async def test_app_heartbeat_keeps_leases_alive_past_their_ttl(
         gateway: Callable[..., Any], backend: str) -> None:
     """The app's heartbeat task refreshes held leases: after 3 TTLs the lease still counts."""
-    client = await gateway(ratelimit=limits(max_streams=1, lease_ttl_s=0.3))
+    # TTL 1 s: a refresh every 0.33 s survives the event-loop stalls of a loaded CI machine.
+    client = await gateway(ratelimit=limits(max_streams=1, lease_ttl_s=1.0))
     app = client.server.app
     alice = Principal(id="jwt:alice", kind="jwt", subject="alice", scopes=frozenset())
     lease = await app[LEASES].acquire(alice, "sse")
-    await asyncio.sleep(0.9)  # three TTLs: without the heartbeat the lease would be gone
+    await asyncio.sleep(3.0)  # three TTLs: without the heartbeat the lease would be gone
     assert await app[LEASES].open_count(alice, "streams") == 1
     with pytest.raises(RateLimitExceeded):
         await app[LEASES].acquire(alice, "sse")

@@ -23,7 +23,7 @@ from luki_gateway.ratelimit.metrics import RateLimitMetrics
 from luki_gateway.settings import RateLimitSettings
 
 from ..redis_server import RedisServer
-from .conftest import PREFIX, TIMEOUT_S, FakeClock, assert_all_keys_have_ttl, redis_client
+from .conftest import PREFIX, SLACK_TIMEOUT_S, FakeClock, assert_all_keys_have_ttl, redis_client
 
 ALICE = Principal(id="jwt:alice", kind="jwt", subject="alice", scopes=frozenset())
 BOB = Principal(id="jwt:bob", kind="jwt", subject="bob", scopes=frozenset())
@@ -45,7 +45,7 @@ async def make_leases(backend: str, request: pytest.FixtureRequest
             else:
                 client = redis_client(url)
                 clients.append(client)
-                store = RedisLeaseStore(ScriptBatch(client, timeout_s=TIMEOUT_S, what="t",
+                store = RedisLeaseStore(ScriptBatch(client, timeout_s=SLACK_TIMEOUT_S, what="t",
                                                     down_backoff_s=0.05))
         config = RateLimitSettings(**{"max_streams": 3, "max_ws_per_user": 2, **settings})
         return StreamLeases(store, config, prefix=PREFIX,

@@ -14,7 +14,7 @@ from luki_gateway.ratelimit.batch import ScriptBatch
 from luki_gateway.ratelimit.quotas import MemoryQuotaStore, RedisQuotaStore, TokenQuota
 
 from ..redis_server import RedisServer
-from .conftest import PREFIX, TIMEOUT_S, FakeClock, assert_all_keys_have_ttl, redis_client
+from .conftest import PREFIX, SLACK_TIMEOUT_S, FakeClock, assert_all_keys_have_ttl, redis_client
 
 ALICE = Principal(id="jwt:alice", kind="jwt", subject="alice", scopes=frozenset())
 BOB = Principal(id="jwt:bob", kind="jwt", subject="bob", scopes=frozenset())
@@ -38,7 +38,7 @@ async def make_quota(backend: str, request: pytest.FixtureRequest
                               failure_mode=failure_mode)
         client = redis_client(url)
         clients.append(client)
-        store = RedisQuotaStore(ScriptBatch(client, timeout_s=TIMEOUT_S, what="t"))
+        store = RedisQuotaStore(ScriptBatch(client, timeout_s=SLACK_TIMEOUT_S, what="t"))
         return TokenQuota(store, budget, prefix=PREFIX, clock=clock,
                           failure_mode=failure_mode)
 

@@ -29,7 +29,7 @@ def errors() -> list[int]:
 @pytest.fixture
 async def limiter(redis_url: str, errors: list[int]) -> AsyncIterator[RedisLimiter]:
     """A Redis limiter with a 200 ms timeout and a 100 ms down back-off, counting errors."""
-    client = redis_client(redis_url)
+    client = redis_client(redis_url, TIMEOUT_S)
     batch = ScriptBatch(client, timeout_s=TIMEOUT_S, what="test", on_error=errors.append,
                         down_backoff_s=0.1)
     limiter = RedisLimiter(client, batch, PREFIX)
