@@ -19,20 +19,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .key_record import ApiKeyRecord, StoreUnavailable, matches_id
+from .key_record import ApiKeyRecord, LastUsedBuffer, StoreUnavailable, matches_id
 
 _FORMAT_VERSION = 1
 _UNREAD = (-1, -1, -1)
 
 
-class FileKeyStore:
+class FileKeyStore(LastUsedBuffer):
     """API keys in one JSON file (or in memory when ``path`` is None)."""
 
     def __init__(self, path: str | None) -> None:
+        super().__init__()
         self._path = Path(path) if path else None
         self._records: dict[str, ApiKeyRecord] = {}
         self._stamp: tuple[int, int, int] | None = _UNREAD
-        self._pending: dict[str, float] = {}
 
     # -- reading ------------------------------------------------------------------------
 
@@ -144,15 +144,11 @@ class FileKeyStore:
         result: ApiKeyRecord | None = await asyncio.to_thread(self._modify, change)
         return result
 
-    def touch(self, key_hash: str, when: float) -> None:
-        """Remember a use; flushed in one write per interval for all keys."""
-        self._pending[key_hash] = when
-
     async def flush_last_used(self) -> None:
         """Write the pending last-used times in one locked rewrite."""
-        if not self._pending:
+        pending = self._take_pending()
+        if not pending:
             return
-        pending, self._pending = self._pending, {}
 
         def change(records: dict[str, ApiKeyRecord]) -> None:
             for key_hash, when in pending.items():

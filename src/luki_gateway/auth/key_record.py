@@ -111,6 +111,22 @@ def new_record(key: str, *, pepper: str, owner: str, scopes: tuple[str, ...],
                         expires_at=expires_at, tenant=tenant)
 
 
+class LastUsedBuffer:
+    """Last-used times remembered per key and written in one batch per interval."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, float] = {}
+
+    def touch(self, key_hash: str, when: float) -> None:
+        """Remember a use; never a write per request."""
+        self._pending[key_hash] = when
+
+    def _take_pending(self) -> dict[str, float]:
+        """The uses remembered since the last flush (and forget them)."""
+        pending, self._pending = self._pending, {}
+        return pending
+
+
 class StoreUnavailable(Exception):
     """The key store cannot be read right now (Redis down); not the caller's fault."""
 

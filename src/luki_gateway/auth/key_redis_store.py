@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .key_record import ApiKeyRecord, StoreUnavailable, matches_id
+from .key_record import ApiKeyRecord, LastUsedBuffer, StoreUnavailable, matches_id
 
 RETAIN_S = 30 * 86400
 
@@ -30,16 +30,16 @@ return 0
 """
 
 
-class RedisKeyStore:
+class RedisKeyStore(LastUsedBuffer):
     """API keys in Redis; positive lookups cached for ``cache_s`` (< 1 s revocation delay)."""
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str, cache_s: float = 0.5,
                  owns_client: bool = False) -> None:
+        super().__init__()
         self._redis = redis
         self._prefix = f"{prefix}key:"
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
-        self._pending: dict[str, float] = {}
         self._owns_client = owns_client
 
     def _key(self, key_hash: str) -> str:
@@ -115,15 +115,11 @@ class RedisKeyStore:
         await self._put(revoked)
         return revoked
 
-    def touch(self, key_hash: str, when: float) -> None:
-        """Remember a use; written in one pipeline per interval, not per request."""
-        self._pending[key_hash] = when
-
     async def flush_last_used(self) -> None:
         """Write pending last-used times (only for keys that still exist)."""
-        if not self._pending:
+        pending = self._take_pending()
+        if not pending:
             return
-        pending, self._pending = self._pending, {}
         keys = [self._key(h) for h in pending]
         await self._redis.eval(_TOUCH_EXISTING, len(keys), *keys,
                                *(repr(when) for when in pending.values()))
