@@ -15,6 +15,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> bool:
+    """Lay out, write the PNG and free the figure; True = a plot was drawn."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _ok(contenders: dict[str, Any]) -> dict[str, Any]:
     return {n: c for n, c in contenders.items() if c["status"] == "ok" and c["summary"]}
 
@@ -34,10 +42,7 @@ def proxy_throughput(result: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("req/s (median of rounds, min-max)")
     ax.set_title(f"REST proxy throughput, c={result['params'].get('connections')}")
     ax.tick_params(axis="x", rotation=25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def proxy_latency_cdf(result: dict[str, Any], path: Path) -> bool:
@@ -61,10 +66,7 @@ def proxy_latency_cdf(result: dict[str, Any], path: Path) -> bool:
     ax.set_title(f"Latency CDF at {result['params'].get('fixed_rate'):.0f} req/s (open loop)")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def fanout(result: dict[str, Any], path: Path) -> bool:
@@ -95,10 +97,7 @@ def fanout(result: dict[str, Any], path: Path) -> bool:
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def memory(result: dict[str, Any], path: Path) -> bool:
@@ -121,10 +120,7 @@ def memory(result: dict[str, Any], path: Path) -> bool:
     ax.set_title("Server RSS vs idle connections")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 PLOTS = {
