@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from .context import Context
@@ -22,19 +23,22 @@ from .profile import QUICK
 from .redis import redis_server
 
 
+def _samples(collapsed: str) -> Iterator[tuple[list[str], int]]:
+    """(stack frames, sample count) of each line of py-spy's collapsed output."""
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def top_frames(collapsed: str, limit: int = 25) -> tuple[list[tuple[str, float]],
                                                           list[tuple[str, float]]]:
     """(inclusive, self) shares of samples per frame from py-spy's collapsed output."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for frames, count in _samples(collapsed):
         total += count
-        frames = stack.split(";")
         for frame in set(frames):
             inclusive[frame] += count
         own[frames[-1]] += count
@@ -48,14 +52,11 @@ def self_by_package(collapsed: str) -> list[tuple[str, float]]:
     """Self share of samples per top-level package (luki_gateway, aiohttp, redis, ...)."""
     own: Counter[str] = Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        total += int(count_text)
-        leaf = stack.split(";")[-1]
+    for frames, count in _samples(collapsed):
+        total += count
+        leaf = frames[-1]
         where = leaf[leaf.rfind("(") + 1:].split("/")[0] if "(" in leaf else "?"
-        own[where] += int(count_text)
+        own[where] += count
     return [(pkg, n / total) for pkg, n in own.most_common(15)] if total else []
 
 
