@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .httpload import build_request, fetch
-from .procs import REPO, Server, free_port, python_cmd, start_server
+from .procs import REPO, Server, free_port, python_cmd, source_path, start_server
 
 JWT_SECRET = "bench-jwt-secret-not-for-production-0123456789"
 BENCH_SCOPE = "bench:read"
@@ -110,7 +110,7 @@ def create_api_key(config_path: Path) -> str:
     """``luki-gateway keys create`` against this config; the key is stdout's one line."""
     cmd = python_cmd("luki_gateway", "keys", "create", "--config", str(config_path),
                      "--owner", "bench", "--scope", BENCH_SCOPE)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": source_path()}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env,
                               cwd=REPO, check=False)

@@ -62,6 +62,12 @@ def rss_kb(pid: int) -> int:
         return int(f.read().split()[1]) * PAGE_KB
 
 
+def source_path(extra: str = "") -> str:
+    """PYTHONPATH that imports this checkout's code (src/ first, then bench), not whatever
+    checkout the virtualenv's editable install points at."""
+    return os.pathsep.join(p for p in (str(REPO / "src"), str(REPO), extra) if p)
+
+
 def python_cmd(module: str, *args: str) -> list[str]:
     """Command running ``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
@@ -102,8 +108,7 @@ class Server:
         fd, path = tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")
         self.log_path = Path(path)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = source_path(env.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(pinned(self.cmd, self.core), stdout=fd, stderr=fd,
                                      stdin=subprocess.DEVNULL, env=env, cwd=REPO,
                                      start_new_session=True)

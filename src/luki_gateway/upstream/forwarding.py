@@ -8,7 +8,7 @@ headers replaced by ours, trace headers set, identity added from the principal.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -110,15 +110,17 @@ def request_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiDi
     return out
 
 
-def response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict[str]:
+def response_headers(upstream_headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones and those named in Connection."""
-    connection = upstream_headers.get("Connection")
-    named = _connection_tokens(connection) if connection else frozenset()
-    drop = HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream_headers.items():
+    named: frozenset[str] = frozenset()
+    for name, value in upstream_headers:
         lname = name.lower()
-        if lname in drop or lname in named:
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                named |= _connection_tokens(value)
             continue
         out.add(name, value)
+    for lname in named:
+        out.popall(lname, None)  # named in Connection: hop-by-hop for this message
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -30,9 +30,11 @@ from ..errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ValidationFailed,
 )
 from ..settings import Settings
 from .forwarding import ForwardingPolicy, request_headers, response_headers
+from .http1 import BadResponse, ConnectFailed, Connection, UpstreamClosed, request_head
 from .metrics import UPSTREAM_METRICS, UpstreamMetrics
 from .paths import needs_normalising, normalise
 from .routes import IDEMPOTENT_METHODS, Route, RouteTable
@@ -56,6 +58,7 @@ class ProxyConfig:
     retries: int
     backoff_s: float
     small_body_bytes: int
+    idle_read_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProxyConfig:
@@ -64,7 +67,8 @@ class ProxyConfig:
         return cls(table=RouteTable.from_settings(settings),
                    policy=ForwardingPolicy.parse(settings.trusted_proxies),
                    retries=cfg.retries, backoff_s=cfg.retry_backoff_s,
-                   small_body_bytes=min(cfg.small_body_bytes, _MAX_SMALL_BODY))
+                   small_body_bytes=min(cfg.small_body_bytes, _MAX_SMALL_BODY),
+                   idle_read_timeout_s=cfg.idle_read_timeout_s)
 
 
 PROXY = web.AppKey("proxy", ProxyConfig)
@@ -123,18 +127,17 @@ class _ClientWatch:
         self._handle.cancel()
 
 
-def _target(upstream: Upstream, route: Route, request: web.Request) -> URL:
+def _target(upstream: Upstream, route: Route, request: web.Request) -> str:
+    """The request-target sent upstream: base path + route path + query, as received."""
     rel = request.rel_url
     path = rel.raw_path
     if needs_normalising(path):
         path = normalise(path)
         if not route.owns(path):
             raise NotFound("path leaves the route's prefix")
-    target = str(upstream.base_url) + route.upstream_path(path)
+    target = upstream.pool.base_path + route.upstream_path(path)
     query = rel.raw_query_string
-    if query:
-        target = f"{target}?{query}"
-    return URL(target, encoded=True)
+    return f"{target}?{query}" if query else target
 
 
 def _classify(exc: BaseException) -> tuple[str, GatewayError, bool]:
@@ -142,9 +145,9 @@ def _classify(exc: BaseException) -> tuple[str, GatewayError, bool]:
     if isinstance(exc, TimeoutError):
         # connect timeouts included: the request may still have been accepted upstream
         return "timeout", DownstreamTimeout(), False
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed | aiohttp.ClientConnectorError):
         return "connect", DownstreamUnavailable(), True
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+    if isinstance(exc, UpstreamClosed | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
                   | aiohttp.ClientPayloadError):
         # A stale keep-alive connection closed under us is the classic retryable case.
         return "reset", DownstreamError("upstream closed the connection"), True
@@ -171,7 +174,7 @@ async def forward(request: web.Request, route: Route, upstream: Upstream,
     method = request.method
     if method not in route.methods:
         raise MethodNotAllowed(headers={"Allow": route.allow_header})
-    url = _target(upstream, route, request)
+    target = _target(upstream, route, request)
     length = request.content_length
     if length is not None and length > route.max_body_bytes:
         raise PayloadTooLarge(details={"max_bytes": route.max_body_bytes})
@@ -191,16 +194,28 @@ async def forward(request: web.Request, route: Route, upstream: Upstream,
                 headers["Content-Length"] = str(length)
     elif length == 0:
         body = b""
-    replayable = upload is None
     attempts = 1
-    if route.retries and replayable and method in IDEMPOTENT_METHODS:
+    if route.retries and upload is None and method in IDEMPOTENT_METHODS:
         attempts += config.retries
     metrics = request.app[UPSTREAM_METRICS]
+    exchange: _Exchange
+    if upload is None and method != "HEAD":
+        # The hot path: the lean HTTP/1.1 pool (whole bodies, any response shape).
+        assert not isinstance(body, AsyncIterator)
+        try:
+            head = request_head(method, target, upstream.pool.authority, headers.items(), body)
+        except ValueError:
+            raise ValidationFailed("a header value cannot be forwarded") from None
+        exchange = _LeanExchange(upstream, head, body)
+    else:
+        # Streamed uploads and HEAD: aiohttp's client (it knows HEAD has no body).
+        url = URL(upstream.pool.origin + target, encoded=True)
+        exchange = _SessionExchange(upstream, method, url, headers, body, upload)
     for attempt in range(attempts):
         last = attempt == attempts - 1
         try:
-            return await _attempt(request, route, upstream, config, metrics, url, headers,
-                                  body, upload, retry_allowed=not last)
+            return await _attempt(request, route, upstream, config, metrics, exchange,
+                                  retry_allowed=not last)
         except _Retry as retry:
             log.info("upstream retry", upstream=upstream.name, attempt=attempt + 1,
                      kind=retry.kind)
@@ -216,10 +231,112 @@ class _Retry(Exception):
         self.kind = kind
 
 
+_BodyReader = Callable[[], Awaitable[bytes]]
+_Finish = Callable[[bool], None]
+
+
+class _Exchange:
+    """One way of sending the request: open() returns the response head, then the body."""
+
+    __slots__ = ("upload",)
+    upload: _Upload | None
+
+    async def open(self, config: ProxyConfig, timeout_s: float
+                   ) -> tuple[int, str, CIMultiDict[str], bytes | None, _BodyReader, _Finish]:
+        """(status, reason, headers, whole body or None to stream, reader, finish)."""
+        raise NotImplementedError
+
+
+class _LeanExchange(_Exchange):
+    """Through the upstream's lean keep-alive pool (upstream/http1.py)."""
+
+    __slots__ = ("body", "head", "pool")
+
+    def __init__(self, upstream: Upstream, head: bytes, body: bytes | None) -> None:
+        self.pool = upstream.pool
+        self.head = head
+        self.body = body
+        self.upload = None
+
+    async def open(self, config: ProxyConfig, timeout_s: float
+                   ) -> tuple[int, str, CIMultiDict[str], bytes | None, _BodyReader, _Finish]:
+        pool = self.pool
+        conn = await pool.acquire()
+        try:
+            await conn.send(self.head, self.body, timeout_s)
+            headers = response_headers(conn.headers)
+            if not _lean_is_stream(conn, headers, config.small_body_bytes):
+                data = await conn.read(timeout_s)
+                pool.release(conn)
+                return conn.status, conn.reason, headers, data, _no_body, _no_finish
+        except BaseException:
+            pool.release(conn)  # not complete: closed, never reused
+            raise
+        idle_s = config.idle_read_timeout_s
+        return (conn.status, conn.reason, headers, None,
+                lambda: conn.readany(idle_s), lambda _complete: pool.release(conn))
+
+
+class _SessionExchange(_Exchange):
+    """Through the upstream's aiohttp ClientSession."""
+
+    __slots__ = ("body", "headers", "method", "session", "url")
+
+    def __init__(self, upstream: Upstream, method: str, url: URL, headers: CIMultiDict[str],
+                 body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None) -> None:
+        self.session = upstream.session
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.upload = upload
+
+    async def open(self, config: ProxyConfig, timeout_s: float
+                   ) -> tuple[int, str, CIMultiDict[str], bytes | None, _BodyReader, _Finish]:
+        async with asyncio.timeout(timeout_s):
+            resp = await self.session.request(
+                self.method, self.url, headers=self.headers, data=self.body,
+                allow_redirects=False)
+            headers = response_headers(resp.headers.items())
+            if not _is_stream(resp, config.small_body_bytes):
+                try:
+                    data = await resp.read()
+                finally:
+                    resp.release()
+                return resp.status, resp.reason or "", headers, data, _no_body, _no_finish
+
+        def finish(complete: bool) -> None:
+            if complete:
+                resp.release()
+            else:
+                resp.close()  # never return a half-read connection to the pool
+
+        return resp.status, resp.reason or "", headers, None, resp.content.readany, finish
+
+
+async def _no_body() -> bytes:
+    return b""
+
+
+def _no_finish(_complete: bool) -> None:
+    pass
+
+
+def _lean_is_stream(conn: Connection, headers: CIMultiDict[str], small: int) -> bool:
+    status = conn.status
+    if status in (204, 304):
+        return False
+    if conn.complete:
+        return False  # everything already arrived with the head
+    length = headers.get("Content-Length")
+    if length is None or not length.isdigit() or int(length) > small:
+        return True
+    return headers.get("Content-Type", "").startswith("text/event-stream")
+
+
 async def _attempt(request: web.Request, route: Route, upstream: Upstream,
-                   config: ProxyConfig, metrics: UpstreamMetrics, url: URL,
-                   headers: CIMultiDict[str], body: bytes | AsyncIterator[bytes] | None,
-                   upload: _Upload | None, *, retry_allowed: bool) -> web.StreamResponse:
+                   config: ProxyConfig, metrics: UpstreamMetrics, exchange: _Exchange,
+                   *, retry_allowed: bool) -> web.StreamResponse:
     name = upstream.name
     breaker = upstream.breaker
     try:
@@ -228,18 +345,12 @@ async def _attempt(request: web.Request, route: Route, upstream: Upstream,
         metrics.errors.labels(name, "circuit_open").inc()
         raise
     start = time.perf_counter()
-    data = b""
+    upload = exchange.upload
     try:
-        async with asyncio.timeout(route.timeout_s):
-            resp = await upstream.session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False)
-            streaming = _is_stream(resp, config.small_body_bytes)
-            if not streaming:
-                try:
-                    data = await resp.read()
-                finally:
-                    resp.release()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        status, reason, headers, data, read, finish = await exchange.open(
+            config, route.timeout_s)
+    except (aiohttp.ClientError, TimeoutError, ConnectFailed, UpstreamClosed,
+            BadResponse) as exc:
         if upload is not None and upload.too_large:
             raise PayloadTooLarge(details={"max_bytes": upload.limit}) from None
         if upload is not None and upload.client_failed:
@@ -251,18 +362,14 @@ async def _attempt(request: web.Request, route: Route, upstream: Upstream,
             raise _Retry(kind) from exc
         log.warning("upstream failed", upstream=name, kind=kind, error=type(exc).__name__)
         raise error from None
-    except PayloadTooLarge:
-        raise
-    status = resp.status
     metrics.observe(name, status, time.perf_counter() - start)
     if status >= 500:
         breaker.record_failure()
     else:
         breaker.record_success()
-    if not streaming:
-        return web.Response(status=status, reason=resp.reason, body=data,
-                            headers=response_headers(resp.headers))
-    return await _stream(request, resp, upstream, metrics)
+    if data is not None:
+        return web.Response(status=status, reason=reason or None, body=data, headers=headers)
+    return await _stream(request, status, reason, headers, read, finish, upstream, metrics)
 
 
 def _client_left(request: web.Request) -> web.StreamResponse:
@@ -272,12 +379,14 @@ def _client_left(request: web.Request) -> web.StreamResponse:
     return web.Response(status=_CLIENT_GONE_STATUS)
 
 
-async def _stream(request: web.Request, resp: aiohttp.ClientResponse, upstream: Upstream,
+_UPSTREAM_BROKE = (aiohttp.ClientError, TimeoutError, UpstreamClosed, BadResponse)
+
+
+async def _stream(request: web.Request, status: int, reason: str, headers: CIMultiDict[str],
+                  read: _BodyReader, finish: _Finish, upstream: Upstream,
                   metrics: UpstreamMetrics) -> web.StreamResponse:
     """Relay a large or open-ended body chunk by chunk, with flat memory."""
-    response = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                  headers=response_headers(resp.headers))
-    content = resp.content
+    response = web.StreamResponse(status=status, reason=reason or None, headers=headers)
     complete = False
     try:
         await response.prepare(request)
@@ -286,8 +395,8 @@ async def _stream(request: web.Request, resp: aiohttp.ClientResponse, upstream: 
             try:
                 while True:
                     try:
-                        chunk = await content.readany()
-                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        chunk = await read()
+                    except _UPSTREAM_BROKE as exc:
                         if watch.gone:
                             raise
                         _upstream_broke(upstream, metrics, exc)
@@ -301,10 +410,7 @@ async def _stream(request: web.Request, resp: aiohttp.ClientResponse, upstream: 
     except (ConnectionError, TimeoutError):
         complete = False  # the client left mid-download
     finally:
-        if complete:
-            resp.release()
-        else:
-            resp.close()  # never return a half-read connection to the pool
+        finish(complete)
     if not complete:
         # Closing the connection is the only honest end of a truncated body.
         transport = request.transport

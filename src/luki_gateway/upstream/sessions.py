@@ -1,8 +1,10 @@
-"""One persistent ClientSession per upstream, each with its own circuit breaker.
+"""One persistent ClientSession and one lean keep-alive pool per upstream, and a breaker.
 
-Sessions are opened in a cleanup context and closed at shutdown; nothing ever opens a
-session per request. Bodies pass through untouched (``auto_decompress=False``) and no
-cookies are kept (a shared session must never carry one client's cookie to another).
+Both are opened in a cleanup context and closed at shutdown; nothing ever opens a session
+or a connection per request. The proxy's hot path uses the lean pool (upstream/http1.py);
+streamed uploads, HEAD, health probes and the chat relay use the aiohttp session. Bodies
+pass through untouched (``auto_decompress=False``) and no cookies are kept (a shared
+session must never carry one client's cookie to another).
 """
 
 from __future__ import annotations
@@ -18,30 +20,34 @@ from ..errors import DownstreamUnavailable
 from ..metrics import REGISTRY
 from ..settings import SETTINGS, Settings, UpstreamSettings
 from .breaker import STATE_VALUES, CircuitBreaker
+from .http1 import Pool
 from .metrics import UPSTREAM_METRICS, UpstreamMetrics
 
 # aiohttp would otherwise add its own Accept/Accept-Encoding/User-Agent/Content-Type,
 # changing what the upstream sees (and asking for gzip the client never asked for).
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_KEEPALIVE_S = 30.0  # idle upstream connections are closed after this long
 
 
 @dataclass(slots=True)
 class Upstream:
-    """One backend: its name, base URL, persistent session and breaker."""
+    """One backend: its name, base URL, persistent session, lean pool and breaker."""
 
     name: str
     base_url: yarl.URL
     session: aiohttp.ClientSession
+    pool: Pool
     breaker: CircuitBreaker
 
     @property
     def in_use(self) -> int:
-        """Connections currently lent out by this upstream's pool (0 when idle)."""
+        """Connections currently lent out by the session and the pool (0 when idle)."""
         connector = self.session.connector
         if connector is None:
-            return 0
+            return self.pool.in_use
         # aiohttp keeps acquired connections per key; there is no public counter.
-        return sum(len(conns) for conns in connector._acquired_per_host.values())
+        return self.pool.in_use + sum(
+            len(conns) for conns in connector._acquired_per_host.values())
 
 
 class Upstreams:
@@ -83,7 +89,7 @@ def make_session(cfg: UpstreamSettings) -> aiohttp.ClientSession:
         limit_per_host=cfg.limit_per_host,
         use_dns_cache=cfg.dns_cache_ttl_s > 0,
         ttl_dns_cache=cfg.dns_cache_ttl_s or None,
-        keepalive_timeout=30.0,
+        keepalive_timeout=_KEEPALIVE_S,
     )
     timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s,
                                     sock_read=cfg.idle_read_timeout_s)
@@ -98,6 +104,12 @@ def make_session(cfg: UpstreamSettings) -> aiohttp.ClientSession:
     )
 
 
+def make_pool(base_url: yarl.URL, cfg: UpstreamSettings) -> Pool:
+    """The lean keep-alive pool for the proxy's hot path, bounded like the session."""
+    return Pool(base_url, limit=cfg.limit_per_host, connect_timeout_s=cfg.connect_timeout_s,
+                keepalive_s=_KEEPALIVE_S, dns_ttl_s=cfg.dns_cache_ttl_s)
+
+
 def make_breaker(name: str, cfg: UpstreamSettings) -> CircuitBreaker:
     """The breaker for upstream ``name`` from the configured thresholds."""
     return CircuitBreaker(name, failures=cfg.breaker_failures,
@@ -109,11 +121,13 @@ def make_breaker(name: str, cfg: UpstreamSettings) -> CircuitBreaker:
 def build_upstreams(settings: Settings) -> Upstreams:
     """Open a session and a breaker for every configured upstream (inside a running loop)."""
     cfg = settings.upstream
-    return Upstreams({
-        name: Upstream(name=name, base_url=yarl.URL(url.rstrip("/")),
-                       session=make_session(cfg), breaker=make_breaker(name, cfg))
-        for name, url in settings.upstreams.items()
-    })
+    upstreams = {}
+    for name, url in settings.upstreams.items():
+        base_url = yarl.URL(url.rstrip("/"))
+        upstreams[name] = Upstream(name=name, base_url=base_url, session=make_session(cfg),
+                                   pool=make_pool(base_url, cfg),
+                                   breaker=make_breaker(name, cfg))
+    return Upstreams(upstreams)
 
 
 def _state_reader(upstream: Upstream) -> Callable[[], float]:
@@ -137,4 +151,5 @@ async def upstream_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         for upstream in upstreams:
+            upstream.pool.close()
             await upstream.session.close()
