@@ -29,6 +29,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable
+from typing import cast
 
 import httptools
 from yarl import URL
@@ -106,8 +107,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._active:
