@@ -28,14 +28,14 @@ class HttpMetrics:
     in_flight: Gauge
     # Label children by value: skips prometheus-client's per-call label validation and lock.
     # Bounded: route is a pattern, method one of eight, status a status code.
-    _children: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
+    _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
 
-    def observe(self, route: str, method: str, status: str, seconds: float) -> None:
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and record its duration."""
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(route, method, status),
+            children = (self.requests.labels(route, method, str(status)),
                         self.duration.labels(route, method))
             self._children[key] = children
         children[0].inc()

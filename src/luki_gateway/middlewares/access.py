@@ -1,4 +1,8 @@
-"""One access-log line and the HTTP metrics for every request, streams included."""
+"""One access-log line and the HTTP metrics for every request, streams included.
+
+The request flow (``flow.py``) calls ``begin_access`` first and ``record_access`` once the
+answer is out, the handler failed or the client left.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import time
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..auth.principal import PRINCIPAL
 from ..metrics import HTTP_METRICS
@@ -34,47 +37,37 @@ def method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else OTHER_METHOD
 
 
-@web.middleware
-async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count, time and log the request once it is answered (or the stream closed)."""
-    metrics = request.app[HTTP_METRICS]
-    start = time.perf_counter()
-    metrics.in_flight.inc()
-    status = 500
-    response: web.StreamResponse | None = None
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except BaseException:
-        # 499 (nginx's "client closed request"): the client left before the answer.
-        status = 499 if request.transport is None or request.transport.is_closing() else 500
-        raise
-    finally:
-        elapsed = time.perf_counter() - start
-        metrics.in_flight.dec()
-        route = route_label(request)
-        method = method_label(request.method)
-        metrics.observe(route, method, str(status), elapsed)
-        if request.app[SETTINGS].access_log:
-            trace = request.get(REQUEST_TRACE)
-            principal = request.get(PRINCIPAL)
-            sent = 0
-            if response is not None:
-                sent = (response.body_length if response.prepared
-                        else response.content_length or 0)
-            log.info(
-                "request",
-                method=request.method,
-                route=route,
-                path=request.path,
-                status=status,
-                bytes=sent,
-                duration_ms=round(elapsed * 1000, 3),
-                request_id=trace.request_id if trace else None,
-                principal=principal.display or principal.id if principal else None,
-                remote=request.remote,
-            )
+def begin_access(request: web.Request) -> float:
+    """Count the request in flight; its start time for ``record_access``."""
+    request.app[HTTP_METRICS].in_flight.inc()
+    return time.perf_counter()
+
+
+def record_access(request: web.Request, started: float, status: int,
+                  response: web.StreamResponse | None) -> None:
+    """Metrics and (when enabled) the access line, once the request is answered or gone."""
+    elapsed = time.perf_counter() - started
+    app = request.app
+    metrics = app[HTTP_METRICS]
+    metrics.in_flight.dec()
+    route = route_label(request)
+    metrics.observe(route, method_label(request.method), status, elapsed)
+    if not app[SETTINGS].access_log:
+        return
+    trace = request.get(REQUEST_TRACE)
+    principal = request.get(PRINCIPAL)
+    sent = 0
+    if response is not None:
+        sent = response.body_length if response.prepared else response.content_length or 0
+    log.info(
+        "request",
+        method=request.method,
+        route=route,
+        path=request.path,
+        status=status,
+        bytes=sent,
+        duration_ms=round(elapsed * 1000, 3),
+        request_id=trace.request_id if trace else None,
+        principal=principal.display or principal.id if principal else None,
+        remote=request.remote,
+    )

@@ -9,10 +9,9 @@ without a principal so the handler can authenticate from the first message.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
-from structlog.contextvars import bind_contextvars
 
 from ..auth.authenticator import AUTHENTICATOR, Authenticator
 from ..auth.failure import AuthFailure
@@ -20,7 +19,7 @@ from ..auth.metrics import FailureReason
 from ..auth.origin import check_ws_origin, is_websocket_upgrade
 from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
 from ..errors import Forbidden, InsufficientScope
-from ..routes.access import RouteAccess, access_of
+from ..routes.access import RouteAccess
 from ..settings import SETTINGS
 
 # Query parameters that carry credentials: refused on every route (URLs end up in logs,
@@ -81,16 +80,17 @@ def _is_preflight(request: web.Request) -> bool:
             and "Access-Control-Request-Method" in request.headers)
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the caller's principal and enforce the route's scopes."""
-    access = access_of(request)
+def authenticate(request: web.Request, access: RouteAccess) -> Awaitable[None] | None:
+    """Resolve the caller's principal and enforce the route's scopes.
+
+    Done at once when there is nothing to verify (public routes, preflights, auth off);
+    otherwise the awaitable that verifies the credential.
+    """
     if access.public or _is_preflight(request):
-        return await handler(request)
+        return None
     if not request.app[SETTINGS].auth.enabled:
         request[PRINCIPAL] = ANONYMOUS
-        bind_contextvars(principal=ANONYMOUS.display)
-        return await handler(request)
+        return None
     authenticator = request.app[AUTHENTICATOR]
     if is_websocket_upgrade(request):
         try:
@@ -98,11 +98,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         except Forbidden:
             authenticator.fail("forbidden_origin")
             raise
+    return _authenticate(request, access, authenticator)
+
+
+async def _authenticate(request: web.Request, access: RouteAccess,
+                        authenticator: Authenticator) -> None:
     principal = await _resolve(request, access, authenticator)
     if principal is None:
-        return await handler(request)
+        return  # deferred: the handler authenticates from the first message
     request[PRINCIPAL] = principal
-    bind_contextvars(principal=principal.display)
     missing = principal.missing_scopes(access.scopes_for(request.method))
     if missing:
         authenticator.fail("insufficient_scope")
@@ -111,4 +115,3 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             headers={"WWW-Authenticate":
                      f'Bearer realm="luki", error="insufficient_scope", '
                      f'scope="{" ".join(missing)}"'})
-    return await handler(request)

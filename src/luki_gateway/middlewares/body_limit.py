@@ -7,23 +7,17 @@ the proxy's own counting for streamed uploads.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..errors import PayloadTooLarge
+from ..routes.access import RouteAccess
 from ..settings import SETTINGS
 
 
-@web.middleware
-def body_limit(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+def body_limit(request: web.Request, access: RouteAccess) -> None:
     """413 PAYLOAD_TOO_LARGE for a declared length over the global limit."""
     length = request.content_length
     if length is not None:
         limit = request.app[SETTINGS].max_body_bytes
         if length > limit:
             raise PayloadTooLarge(details={"max_bytes": limit})
-    # A plain function handing back the handler's awaitable: no frame of ours stays
-    # alive for the life of a stream.
-    return handler(request)

@@ -1,12 +1,12 @@
-"""Every failure becomes the one JSON error shape; no HTML page, no stack trace."""
+"""Every failure becomes the one JSON error shape; no HTML page, no stack trace.
+
+Called by the request flow (``flow.py``) for whatever a stage or the handler raised.
+"""
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..errors import (
     DownstreamError,
@@ -23,7 +23,7 @@ from ..errors import (
     ValidationFailed,
     error_response,
 )
-from ..tracing import trace_of
+from ..tracing import TraceContext
 
 log = structlog.get_logger("luki.errors")
 
@@ -65,29 +65,28 @@ def _headers_sent(request: web.Request) -> bool:
     return request.writer.output_size > 0
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render GatewayError, aiohttp HTTP errors and unexpected exceptions as JSON."""
-    try:
-        return await handler(request)
-    except GatewayError as err:
+def answer_failure(request: web.Request, exc: BaseException,
+                   trace: TraceContext) -> web.Response | None:
+    """The JSON answer for ``exc``: GatewayError, aiohttp's HTTP errors, unexpected exceptions.
+
+    None when ``exc`` must propagate instead: the client left, redirects (answers, not
+    errors), or a stream whose headers are already out (aiohttp then closes the connection).
+    """
+    if isinstance(exc, GatewayError):
         if _headers_sent(request):
-            log.warning("error after the response started; closing", code=err.code)
-            raise
-        return error_response(err, trace_of(request).trace_id)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # redirects and the like are answers, not errors
-        if _headers_sent(request):
-            raise
+            log.warning("error after the response started; closing", code=exc.code)
+            return None
+        return error_response(exc, trace.trace_id)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400 or _headers_sent(request):
+            return None
         translated = from_http_exception(exc)
         if exc.status == 413:
             translated.details = {"max_bytes": request.client_max_size}
-        return error_response(translated, trace_of(request).trace_id)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise  # the client left; there is no one to answer
-    except Exception:
-        log.exception("unhandled error", path=request.path, method=request.method)
-        if _headers_sent(request):
-            raise  # aiohttp closes the connection: a half-sent stream cannot carry an error
-        return error_response(InternalError(), trace_of(request).trace_id)
+        return error_response(translated, trace.trace_id)
+    if not isinstance(exc, Exception) or isinstance(exc, ConnectionResetError):
+        return None  # cancelled (the client left), or the process is stopping
+    log.exception("unhandled error", path=request.path, method=request.method)
+    if _headers_sent(request):
+        return None  # a half-sent stream cannot carry an error
+    return error_response(InternalError(), trace.trace_id)

@@ -11,7 +11,6 @@ import math
 from collections.abc import Awaitable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..auth.principal import PRINCIPAL
 from ..errors import DownstreamUnavailable, RateLimitExceeded
@@ -21,7 +20,7 @@ from ..ratelimit.headers import RATE_DECISION
 from ..ratelimit.limiter import LIMITER, RATE_POLICIES
 from ..ratelimit.metrics import RATELIMIT_METRICS
 from ..ratelimit.policies import client_ip
-from ..routes.access import RouteAccess, access_of
+from ..routes.access import RouteAccess
 from ..settings import SETTINGS, RateLimitSettings
 
 PUBLISH_SCOPE = "events:publish"
@@ -46,31 +45,25 @@ def rejection(decision: Decision) -> RateLimitExceeded:
                  "window_s": int(window.window_s), "retry_after_s": retry_after})
 
 
-@web.middleware
-def rate_limit(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+def rate_limit(request: web.Request, access: RouteAccess) -> Awaitable[None] | None:
     """Charge the request against every applicable policy; 429 when one is exhausted.
 
-    A plain function: unlimited requests go straight to the handler, so no frame of this
-    middleware stays alive for the life of a stream (memory per idle WebSocket counts).
+    Done at once for requests that are not charged; otherwise the awaitable of the decision.
     """
     app = request.app
     settings = app[SETTINGS].ratelimit
     principal = request.get(PRINCIPAL)
-    if not settings.enabled or principal is None:
-        return handler(request)
-    access = access_of(request)
-    if access.public or not access.rate_limited:
-        return handler(request)
+    if not settings.enabled or principal is None or access.public or not access.rate_limited:
+        return None
     policies = app[RATE_POLICIES]
     windows = policies.windows_for(principal, client_ip(request, policies.trusted))
     if not windows:
-        return handler(request)
-    return _decide_then_handle(request, handler, access, windows, settings)
+        return None
+    return _decide(request, access, windows, settings)
 
 
-async def _decide_then_handle(request: web.Request, handler: Handler, access: RouteAccess,
-                              windows: tuple[Window, ...], settings: RateLimitSettings
-                              ) -> web.StreamResponse:
+async def _decide(request: web.Request, access: RouteAccess, windows: tuple[Window, ...],
+                  settings: RateLimitSettings) -> None:
     app = request.app
     metrics = app[RATELIMIT_METRICS]
     try:
@@ -83,7 +76,7 @@ async def _decide_then_handle(request: web.Request, handler: Handler, access: Ro
             raise DownstreamUnavailable(
                 "rate limiter unavailable", details={"reason": "rate_limiter_unavailable"},
                 headers={"Retry-After": "1"}) from None
-        return await handler(request)
+        return  # open: served unlimited
     request[RATE_DECISION] = decision
     if not decision.allowed:
         assert decision.rejected_by is not None
@@ -91,4 +84,3 @@ async def _decide_then_handle(request: web.Request, handler: Handler, access: Ro
         raise rejection(decision)
     for window in windows:
         metrics.decision(window.policy, "allowed")
-    return await handler(request)

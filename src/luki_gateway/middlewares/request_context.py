@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
 from aiohttp import web
-from aiohttp.typedefs import Handler
-from structlog.contextvars import bind_contextvars, clear_contextvars
+from structlog.contextvars import bind_contextvars
 
+from ..auth.principal import Principal
 from ..tracing import REQUEST_TRACE, TraceContext
 
 
-@web.middleware
-def request_context(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-    """Accept or mint X-Request-ID / traceparent and bind them to the log context."""
+def request_context(request: web.Request) -> TraceContext:
+    """Accept or mint X-Request-ID / traceparent and keep them on the request."""
     headers = request.headers
     trace = TraceContext.from_headers(headers.get("X-Request-ID"), headers.get("traceparent"))
     request[REQUEST_TRACE] = trace
-    # keep-alive requests share the connection task's context: start clean each time
-    clear_contextvars()
-    bind_contextvars(request_id=trace.request_id, trace_id=trace.trace_id)
-    # A plain function handing back the handler's awaitable: no frame of ours stays
-    # alive for the life of a stream.
-    return handler(request)
+    return trace
+
+
+def bind_log_context(trace: TraceContext, principal: Principal | None) -> None:
+    """One bind per request: request id, trace id and (once known) the principal.
+
+    No clearing first: aiohttp runs every request in a task of its own with a copy of the
+    connection's context, so nothing bound here reaches the next keep-alive request.
+    """
+    if principal is None:
+        bind_contextvars(request_id=trace.request_id, trace_id=trace.trace_id)
+    else:
+        bind_contextvars(request_id=trace.request_id, trace_id=trace.trace_id,
+                         principal=principal.display)
