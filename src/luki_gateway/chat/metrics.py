@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .gap_histogram import GapHistogram
 
 # Time to first token: sub-millisecond gateway overhead up to a slow model's start.
 TTFT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -21,9 +24,21 @@ class ChatMetrics:
     turns: Counter
     ttft: Histogram
     upstream_ttft: Histogram
-    gap: Histogram
+    gap: GapHistogram
     tokens: Counter
     active: Gauge
+    # Label children by value, bound once (transport x outcome is a small fixed set).
+    _children: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def turn_ended(self, transport: str, outcome: str, usage: dict[str, int]) -> None:
+        """Count one ended turn and its tokens."""
+        key = (transport, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.turns.labels(transport, outcome)
+        child.inc()
+        self.tokens.labels("input").inc(usage["input_tokens"])
+        self.tokens.labels("output").inc(usage["output_tokens"])
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ChatMetrics:
@@ -37,9 +52,9 @@ class ChatMetrics:
             upstream_ttft=Histogram("luki_chat_upstream_ttft_seconds",
                                     "From the upstream request to the first upstream token",
                                     buckets=TTFT_BUCKETS, registry=registry),
-            gap=Histogram("luki_chat_inter_token_gap_seconds",
-                          "Time between consecutive tokens of one turn",
-                          buckets=GAP_BUCKETS, registry=registry),
+            gap=GapHistogram.create("luki_chat_inter_token_gap_seconds",
+                                    "Time between consecutive tokens of one turn",
+                                    GAP_BUCKETS, registry),
             tokens=Counter("luki_chat_tokens", "Tokens of chat turns (usage)",
                            ["direction"], registry=registry),
             active=Gauge("luki_chat_active_turns", "Turns with a running upstream request",

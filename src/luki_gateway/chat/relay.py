@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -71,15 +72,16 @@ def identity_headers(req: TurnRequest, turn_id: str) -> dict[str, str]:
     }
 
 
-def done_data(finish_reason: str, usage: dict[str, int], turn_id: str, trace_id: str) -> str:
-    """The JSON of a ``done`` event."""
-    return json.dumps({"finish_reason": finish_reason, "usage": usage, "turn_id": turn_id,
-                       "trace_id": trace_id})
+def done_value(finish_reason: str, usage: dict[str, int], turn_id: str, trace_id: str
+               ) -> dict[str, Any]:
+    """The payload of a ``done`` event."""
+    return {"finish_reason": finish_reason, "usage": usage, "turn_id": turn_id,
+            "trace_id": trace_id}
 
 
-def error_data(err: GatewayError, trace_id: str) -> str:
-    """The JSON of an ``error`` event."""
-    return json.dumps(err.body(trace_id))
+def json_data(value: Any) -> bytes:
+    """An event's ``data``: one line of JSON."""
+    return json.dumps(value).encode()
 
 
 class Watchdog:
@@ -157,6 +159,7 @@ class RelayedTurn:
         turn = self.turn
         req = self.request
         loop = asyncio.get_running_loop()
+        time = loop.time
         idle = settings.idle_timeout_s
         publish = turn.publish
         observe_gap = metrics.gap.observe
@@ -172,14 +175,15 @@ class RelayedTurn:
         watchdog = Watchdog(loop, task, settings.first_token_timeout_s)
         try:
             client = agent_client(app)
-            upstream_start = loop.time()
+            upstream_start = time()
             stream = await client.open_stream(req.agent, identity_headers(req, turn.turn_id))
-            events = stream.events()
-            async with contextlib.aclosing(events):
-                async for event in events:
+            read = stream.read
+            ended = False
+            while not ended:
+                for event in await read():
                     kind = event.kind
                     if kind == "token":
-                        now = loop.time()
+                        now = time()
                         if tokens:
                             observe_gap(now - last)
                         else:
@@ -190,17 +194,15 @@ class RelayedTurn:
                         tokens += 1
                         publish("token", event.data, event.value)
                     elif kind == "tool_call":
-                        watchdog.last = loop.time()
+                        watchdog.last = time()
                         publish("tool_call", event.data, event.value)
                     elif kind == "done":
                         usage = event.value["usage"]
                         finish_reason = event.value["finish_reason"]
-                        break
+                        ended = True
                     else:
                         raise DownstreamError("the agent reported an error",
                                               details=event.value)
-                else:
-                    raise DownstreamError("agent closed the stream without a final event")
         except GatewayError as exc:
             failure = exc
         except asyncio.CancelledError:
@@ -222,9 +224,7 @@ class RelayedTurn:
             if usage is None:
                 usage = self._counted(tokens)
             outcome = failure.code.lower() if failure is not None else finish_reason
-            metrics.turns.labels(req.transport, outcome).inc()
-            metrics.tokens.labels("input").inc(usage["input_tokens"])
-            metrics.tokens.labels("output").inc(usage["output_tokens"])
+            metrics.turn_ended(req.transport, outcome, usage)
             try:
                 await self.allowance.settle(usage["output_tokens"])
             finally:
@@ -240,14 +240,14 @@ class RelayedTurn:
     def finish(self, reason: str, usage: dict[str, int]) -> None:
         """Publish ``done`` (once)."""
         if not self.turn.finished:
-            data = done_data(reason, usage, self.turn.turn_id, self.request.trace.trace_id)
-            self.turn.publish("done", data, json.loads(data))
+            value = done_value(reason, usage, self.turn.turn_id, self.request.trace.trace_id)
+            self.turn.publish("done", json_data(value), value)
 
     def fail(self, err: GatewayError) -> None:
         """Publish ``error`` (once)."""
         if not self.turn.finished:
-            data = error_data(err, self.request.trace.trace_id)
-            self.turn.publish("error", data, json.loads(data))
+            value = err.body(self.request.trace.trace_id)
+            self.turn.publish("error", json_data(value), value)
 
     def ended(self, task: asyncio.Task[None]) -> None:
         """Done callback: a task cancelled before it ever ran still ends its turn."""

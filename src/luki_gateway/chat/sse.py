@@ -1,10 +1,14 @@
 """Writing one turn to one SSE client: frames, heartbeats and noticing the client leave.
 
-A :class:`SseSink` is a turn listener: it formats each event once (``id: <turn_id>:<seq>``)
-and wakes the request handler, which is the only writer to the socket. One watcher task
-per app looks at every open stream a few times a second: it queues the heartbeat comment
-and notices closed connections even while a turn is silent (aiohttp does not cancel the
-handler when the client leaves), so the upstream is released within a second.
+A :class:`SseSink` is a turn listener. Once the response head is out, each event's frame
+(encoded once by the turn) goes straight to the transport as one HTTP chunk, in the
+relay's own call: no queue, no task switch, one ``transport.write`` per event. Only
+while the client is not reading (transport paused), before the head is sent, or for a
+heartbeat are frames queued for the request handler, which then writes them in order.
+One watcher task per app looks at every open stream a few times a second: it queues the
+heartbeat comment and notices closed connections even while a turn is silent (aiohttp
+does not cancel the handler when the client leaves), so the upstream is released within a
+second.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ..hub.turns import TERMINAL, TurnEvent
 from ..settings import SETTINGS
@@ -30,28 +34,52 @@ SSE_HEADERS = {
 
 
 class SseSink:
-    """Frames waiting for one SSE client, and whether the stream is over."""
+    """Frames for one SSE client: written at once when possible, else queued in order."""
 
-    __slots__ = ("_prefix", "ended", "frames", "gone", "last_write", "request", "waiter")
+    __slots__ = (
+        "_chunked",
+        "_live",
+        "_transport",
+        "ended",
+        "frames",
+        "gone",
+        "last_write",
+        "request",
+        "seen",
+        "sent",
+        "waiter",
+    )
 
-    def __init__(self, request: web.Request, turn_id: str) -> None:
+    def __init__(self, request: web.Request) -> None:
         self.request = request
-        self._prefix = f"id: {turn_id}:"
         self.frames: list[bytes] = []
         self.ended = False
         self.gone = False
+        # Set by pump() once the head is written: events may then skip the queue.
+        self._live = False
+        self._chunked = request.version >= HttpVersion11
+        self._transport: asyncio.Transport | None = None
         self.last_write = 0.0
+        # Frames written directly (counted; the watcher turns changes into last_write).
+        self.sent = 0
+        self.seen = 0
         self.waiter: asyncio.Future[None] | None = None
 
     def __call__(self, item: TurnEvent) -> None:
-        """Turn listener: format the event and wake the writer (hot path)."""
-        self.frames.append(
-            f"{self._prefix}{item.seq}\nevent: {item.event}\ndata: {item.data}\n\n".encode())
+        """Turn listener (hot path): write the event's frame now, or queue it."""
         if item.event in TERMINAL:
             self.ended = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        transport = self._transport
+        if (self._live and not self.frames and transport is not None
+                and not transport.is_closing() and not self.request.protocol._paused):
+            frame = item.sse
+            transport.write(b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame)
+            self.sent += 1
+            if self.ended:
+                self.wake()
+            return
+        self.frames.append(item.sse)
+        self.wake()
 
     def push(self, frame: bytes) -> None:
         """Queue a frame that is not a turn event (heartbeat)."""
@@ -59,36 +87,55 @@ class SseSink:
         self.wake()
 
     def wake(self) -> None:
-        """Wake the writer without an event (client gone, heartbeat)."""
+        """Wake the handler (queued frames, the end, client gone)."""
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _framed(self, frames: list[bytes]) -> bytes:
+        if not self._chunked:
+            return b"".join(frames)
+        return b"".join([b"%x\r\n%b\r\n" % (len(f), f) for f in frames])
+
     async def pump(self, response: web.StreamResponse) -> bool:
-        """Write frames as they come; True once the terminal event is written.
+        """After the head: write queued frames, then let events go straight out; True once
+        the terminal event is written.
 
         Returns False when the client left first; raises ConnectionError if a write fails.
         """
         loop = asyncio.get_running_loop()
-        streams = self.request.app[SSE_STREAMS]
+        request = self.request
+        protocol = request.protocol
+        streams = request.app[SSE_STREAMS]
         streams.add(self)
+        self._transport = request.transport
         try:
             while True:
-                frames = self.frames
-                if frames:
-                    self.frames = []
-                    await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                transport = self._transport
+                if transport is None or transport.is_closing():
+                    self.gone = True
+                if self.frames and not self.gone:
+                    if protocol._paused:
+                        self._live = False
+                        await protocol._drain_helper()
+                        continue
+                    frames, self.frames = self.frames, []
+                    assert transport is not None
+                    transport.write(self._framed(frames))
                     self.last_write = loop.time()
-                    if self.ended:
-                        return True
-                elif self.gone:
+                    continue
+                if self.ended and not self.frames:
+                    return True
+                if self.gone:
                     return False
-                else:
-                    waiter = loop.create_future()
-                    self.waiter = waiter
+                self._live = True
+                waiter = self.waiter = loop.create_future()
+                try:
                     await waiter
+                finally:
                     self.waiter = None
         finally:
+            self._live = False
             streams.discard(self)
 
 
@@ -118,6 +165,9 @@ class SseStreams:
             now = loop.time()
             for sink in list(self._sinks):
                 transport = sink.request.transport
+                if sink.sent != sink.seen:
+                    sink.seen = sink.sent
+                    sink.last_write = now
                 if transport is None or transport.is_closing():
                     sink.gone = True
                     sink.wake()

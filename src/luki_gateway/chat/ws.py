@@ -9,7 +9,6 @@ for the resume grace period, then cancelled.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,14 +17,14 @@ from aiohttp import web
 from marshmallow import Schema
 
 from ..errors import GatewayError, NotFound, RateLimitExceeded, error_message
-from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent
+from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent, id_prefix, turn_event
 from ..routes.ws_protocol import WS_MESSAGE_HANDLERS, WsConnection
 from ..settings import SETTINGS
 from ..tracing import TraceContext
 from ..upstream.agent import AgentRequest
 from ..validation import load
 from .limits import TurnAllowance
-from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
+from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, json_data, start_turn
 from .schema import CancelSchema, ResumeSchema, chat_schema
 from .turn_access import check_owner, resolve_user
 
@@ -215,8 +214,8 @@ async def _follow_remote(app: web.Application, listener: Listener, turn_id: str,
             last = item.seq
             listener(item)
     except GatewayError as err:
-        data = json.dumps(err.body(trace.trace_id))
-        listener(TurnEvent(last + 1, "error", data, json.loads(data)))
+        value = err.body(trace.trace_id)
+        listener(turn_event(id_prefix(turn_id), last + 1, "error", json_data(value), value))
 
 
 def setup_ws(app: web.Application) -> None:

@@ -73,37 +73,51 @@ def _reraise_cancel() -> None:
 
 
 class TurnEvent(NamedTuple):
-    """One event of a turn: its number, type, JSON text and decoded value.
+    """One event of a turn: its number, type, JSON (one line of UTF-8), decoded value, and
+    its SSE frame (``id: <turn_id>:<seq>``, ``event:``, ``data:``), encoded once per event.
 
     ``value`` is the token text for ``token`` and the decoded object otherwise.
     """
 
     seq: int
     event: str
-    data: str
+    data: bytes
     value: Any
+    sse: bytes
 
 
 Listener = Callable[[TurnEvent], None]
 
 
-def decode_event(seq: int, event: str, data: str) -> TurnEvent:
+def id_prefix(turn_id: str) -> bytes:
+    """The start of every SSE ``id:`` line of a turn's events."""
+    return f"id: {turn_id}:".encode()
+
+
+def turn_event(prefix: bytes, seq: int, event: str, data: bytes, value: Any) -> TurnEvent:
+    """A TurnEvent with its SSE frame; ``prefix`` is :func:`id_prefix` of the turn."""
+    return TurnEvent(seq, event, data, value,
+                     b"%b%d\nevent: %b\ndata: %b\n\n" % (prefix, seq, event.encode(), data))
+
+
+def decode_event(prefix: bytes, seq: int, event: str, data: bytes) -> TurnEvent:
     """A stored event back as a TurnEvent (tokens carry their text as value)."""
     value: Any = json.loads(data)
     if event == "token" and isinstance(value, dict):
         value = value.get("text", "")
-    return TurnEvent(seq, event, data, value)
+    return turn_event(prefix, seq, event, data, value)
 
 
 class Turn:
     """One turn running in this process: its events so far and who listens to them."""
 
     __slots__ = ("_grace", "_registry", "abandon", "created_at", "events", "finished",
-                 "listeners", "overflowed", "owner", "seq", "turn_id")
+                 "listeners", "overflowed", "owner", "prefix", "seq", "turn_id")
 
     def __init__(self, registry: TurnRegistry, turn_id: str, owner: str) -> None:
         self._registry = registry
         self.turn_id = turn_id
+        self.prefix = id_prefix(turn_id)
         self.owner = owner
         self.seq = 0
         self.events: list[TurnEvent] = []
@@ -116,20 +130,22 @@ class Turn:
         self.abandon: Callable[[], None] | None = None
         self._grace: asyncio.Task[None] | None = None
 
-    def publish(self, event: str, data: str, value: Any) -> TurnEvent:
-        """Number the event, keep it, hand it to every listener now (hot path)."""
+    def publish(self, event: str, data: bytes, value: Any) -> TurnEvent:
+        """Number the event, frame it once, keep it, hand it to every listener now (hot
+        path: no await, no copy of ``data`` but the frame)."""
         if self.finished:
             raise RuntimeError("turn already ended")
-        self.seq += 1
-        item = TurnEvent(self.seq, event, data, value)
+        seq = self.seq = self.seq + 1
+        item = TurnEvent(seq, event, data, value, b"%b%d\nevent: %b\ndata: %b\n\n" % (
+            self.prefix, seq, event.encode(), data))
+        registry = self._registry
         events = self.events
-        if len(events) < self._registry.max_events:
+        if len(events) < registry.max_events:
             events.append(item)
         else:
             self.overflowed = True
         for listener in self.listeners:
             listener(item)
-        registry = self._registry
         if registry.redis is not None:
             registry.enqueue(self.turn_id, item)
         if event in TERMINAL:
@@ -345,6 +361,7 @@ class TurnRegistry:
         if redis is None:  # check_remote refused already; this narrows the type
             return
         key = self.stream_key(turn_id)
+        prefix = id_prefix(turn_id)
         last_id = "0-0"
         first = True
         quiet_since = time.monotonic()
@@ -372,7 +389,7 @@ class TurnRegistry:
                 seq = int(fields[b"s"])
                 if seq <= after_seq:
                     continue
-                item = decode_event(seq, fields[b"e"].decode(), fields[b"d"].decode())
+                item = decode_event(prefix, seq, fields[b"e"].decode(), fields[b"d"])
                 yield item
                 if item.event in TERMINAL:
                     return

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from aiohttp import web
 from marshmallow import Schema
@@ -21,6 +20,7 @@ from ..chat.relay import (
     TurnRequest,
     agent_client,
     identity_headers,
+    json_data,
     new_turn_id,
     relays_ctx,
     start_turn,
@@ -31,7 +31,7 @@ from ..chat.sse import SseSink, open_sse, sse_streams_ctx
 from ..chat.turn_access import check_owner, resolve_user
 from ..chat.ws import setup_ws
 from ..errors import GatewayError, ValidationFailed
-from ..hub.turns import TURNS, Turn, TurnEvent
+from ..hub.turns import TURNS, Turn, id_prefix, turn_event
 from ..settings import SETTINGS
 from ..tracing import trace_of
 from ..upstream.agent import AgentRequest
@@ -113,12 +113,15 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     allowance = await TurnAllowance.acquire(app, principal)
     relayed = start_turn(app, TurnRequest(principal, trace_of(request), "sse", agent,
                                           received), allowance)
+    # Let the relay task send the upstream request before this one writes the SSE head:
+    # the agent starts its answer while the response is being prepared.
+    await asyncio.sleep(0)
     return await _relay(request, relayed.turn, 0)
 
 
 async def _relay(request: web.Request, turn: Turn, after_seq: int) -> web.StreamResponse:
     """Write ``turn``'s events after ``after_seq`` to this request until it ends or leaves."""
-    sink = SseSink(request, turn.turn_id)
+    sink = SseSink(request)
     try:
         turn.attach(sink, after_seq)
         response = await open_sse(request, turn.turn_id)
@@ -150,7 +153,7 @@ async def _resume(request: web.Request) -> web.StreamResponse:
         check_owner(turn, principal)
         return await _relay(request, turn, after)
     await registry.check_remote(turn_id, principal.id)
-    sink = SseSink(request, turn_id)
+    sink = SseSink(request)
     feeder = asyncio.create_task(_follow(request, sink, turn_id, after))
     try:
         response = await open_sse(request, turn_id)
@@ -170,8 +173,8 @@ async def _follow(request: web.Request, sink: SseSink, turn_id: str, after: int)
             last = item.seq
             sink(item)
     except GatewayError as err:
-        data = json.dumps(err.body(trace_of(request).trace_id))
-        sink(TurnEvent(last + 1, "error", data, None))
+        value = err.body(trace_of(request).trace_id)
+        sink(turn_event(id_prefix(turn_id), last + 1, "error", json_data(value), value))
 
 
 def setup(app: web.Application) -> None:

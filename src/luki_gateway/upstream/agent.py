@@ -27,12 +27,12 @@ FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "cancelled", "client
 class AgentEvent(NamedTuple):
     """One event of a turn from the agent.
 
-    ``data`` is the JSON text forwarded to clients as is (``token``, ``tool_call``);
-    ``value`` is the token text, or the decoded payload for the other kinds.
+    ``data`` is the one-line JSON (UTF-8 bytes) forwarded to clients as is (``token``,
+    ``tool_call``); ``value`` is the token text, or the decoded payload for the other kinds.
     """
 
     kind: str
-    data: str
+    data: bytes
     value: Any
 
 
@@ -45,7 +45,7 @@ class AgentRequest:
     context: Mapping[str, Any] | None = None
 
 
-def _decode_object(data: str) -> dict[str, Any]:
+def _decode_object(data: str | bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except ValueError:
@@ -67,18 +67,26 @@ def _usage(raw: Any) -> dict[str, int] | None:
 
 def _done(finish_reason: Any, usage: Any) -> AgentEvent:
     reason = finish_reason if finish_reason in FINISH_REASONS else "stop"
-    return AgentEvent("done", "", {"finish_reason": reason, "usage": _usage(usage)})
+    return AgentEvent("done", b"", {"finish_reason": reason, "usage": _usage(usage)})
 
 
 def _agent_error(error: Any) -> AgentEvent:
     code = "AGENT_ERROR"
     if isinstance(error, Mapping):
         code = str(error.get("code") or error.get("type") or code)[:64]
-    return AgentEvent("error", "", {"upstream_code": code})
+    return AgentEvent("error", b"", {"upstream_code": code})
 
 
-_TEXT_HEAD = '{"text": "'
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+# The usual native token block, exactly as the reference agent (json.dumps) writes it.
+_TOKEN_HEAD = b"event: token\ndata: "
+_TOKEN_HEAD_LEN = len(_TOKEN_HEAD)
+_TEXT_HEAD = b'{"text": "'
 _TEXT_HEAD_LEN = len(_TEXT_HEAD)
+_TEXT_TAIL = b'"}'
 
 
 class NativeDialect:
@@ -94,27 +102,41 @@ class NativeDialect:
             body["context"] = turn.context
         return body
 
+    def translate_block(self, block: bytes, parser: SseParser) -> list[AgentEvent]:
+        """One raw upstream block as agent events (the relay's hot path).
+
+        The usual ``event: token`` / ``data: {"text": "..."}`` block is passed through as
+        bytes: no quote, escape or control character in the string means the JSON string
+        is the text itself, so nothing is decoded but the text's UTF-8. Anything else goes
+        through the full parser.
+        """
+        if block.startswith(_TOKEN_HEAD):
+            data = block[_TOKEN_HEAD_LEN:]
+            if data.startswith(_TEXT_HEAD) and data.endswith(_TEXT_TAIL):
+                literal = data[_TEXT_HEAD_LEN:-2]
+                if b'"' not in literal and b"\\" not in literal and b"\n" not in literal:
+                    try:
+                        text = literal.decode()
+                    except UnicodeDecodeError:
+                        raise SseProtocolError("upstream event is not valid UTF-8") from None
+                    if text.isprintable():
+                        return [AgentEvent("token", data, text)]
+        event = parser.parse_block(block)
+        return self.translate(event) if event is not None else []
+
     def translate(self, event: SseEvent) -> list[AgentEvent]:
         """One upstream SSE event as agent events (unknown event types are skipped)."""
         kind = event.event
         if kind == "token":
-            data = event.data
-            if data.startswith(_TEXT_HEAD) and data.endswith('"}'):
-                # Fast path for the usual {"text": "..."}: no quote or escape inside means
-                # the JSON string is the text itself (json.dumps escapes everything else).
-                literal = data[_TEXT_HEAD_LEN:-2]
-                if '"' not in literal and "\\" not in literal:
-                    return [AgentEvent("token", data, literal)]
-            payload = _decode_object(data)
+            payload = _decode_object(event.data)
             text = payload.get("text")
             if not isinstance(text, str):
                 raise DownstreamError("agent sent a token without text")
-            if "\n" in data:  # multi-line JSON would break our own SSE framing
-                data = json.dumps(payload)
-            return [AgentEvent("token", data, text)]
+            # Re-encoded: one line (multi-line JSON would break our own SSE framing).
+            return [AgentEvent("token", _json_bytes(payload), text)]
         if kind == "tool_call":
             payload = _decode_object(event.data)
-            return [AgentEvent("tool_call", json.dumps(payload), payload)]
+            return [AgentEvent("tool_call", _json_bytes(payload), payload)]
         if kind == "done":
             payload = _decode_object(event.data)
             return [_done(payload.get("finish_reason"), payload.get("usage"))]
@@ -177,6 +199,11 @@ class OpenAIDialect:
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def translate_block(self, block: bytes, parser: SseParser) -> list[AgentEvent]:
+        """One raw upstream block as agent events."""
+        event = parser.parse_block(block)
+        return self.translate(event) if event is not None else []
+
     def translate(self, event: SseEvent) -> list[AgentEvent]:
         """One ``data:`` chunk as agent events; ``[DONE]`` ends the turn."""
         data = event.data
@@ -198,7 +225,7 @@ class OpenAIDialect:
         if isinstance(delta, Mapping):
             content = delta.get("content")
             if isinstance(content, str) and content:
-                out.append(AgentEvent("token", json.dumps({"text": content}), content))
+                out.append(AgentEvent("token", _json_bytes({"text": content}), content))
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 self._collect_tools(calls)
@@ -228,7 +255,7 @@ class OpenAIDialect:
         out = []
         for index in sorted(self._tools):
             payload = self._tools[index].payload()
-            out.append(AgentEvent("tool_call", json.dumps(payload), payload))
+            out.append(AgentEvent("tool_call", _json_bytes(payload), payload))
         self._tools.clear()
         return out
 
@@ -271,40 +298,65 @@ _SSE_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream
 
 
 class AgentStream:
-    """An open streamed turn: iterate :meth:`events`, then :meth:`close`."""
+    """An open streamed turn: call :meth:`read` until a terminal event, then :meth:`close`."""
+
+    __slots__ = ("_breaker", "_content", "_dialect", "_ended", "_failed", "_parser",
+                 "_response")
 
     def __init__(self, response: aiohttp.ClientResponse, dialect: Dialect,
                  breaker: CircuitBreaker | None) -> None:
         self._response = response
+        self._content = response.content
         self._dialect = dialect
         self._breaker = breaker
+        self._parser = SseParser()
         self._ended = False
+        self._failed: DownstreamError | None = None
 
-    async def events(self) -> AsyncGenerator[AgentEvent, None]:
-        """Agent events as each completes; ends after ``done``/``error`` (raises on garbage)."""
-        parser = SseParser()
-        translate = self._dialect.translate
+    async def read(self) -> list[AgentEvent]:
+        """The agent events the next chunk completes (often one, possibly none).
+
+        The last event of a stream is ``done`` or ``error``: read no further after it.
+        Garbage, a broken connection or an end without a terminal event raise
+        :class:`DownstreamError` (after the events that came complete before it).
+        """
+        if self._failed is not None:
+            raise self._failed
         try:
-            async for chunk in self._response.content.iter_any():
-                for sse in parser.feed(chunk):
-                    for event in translate(sse):
-                        if event.kind == "done" or event.kind == "error":
-                            self._end(event.kind == "done")
-                            yield event
-                            return
-                        yield event
-                if parser.error is not None:
-                    raise parser.error
-            for event in self._dialect.finish():
-                yield event
-            self._end(True)
-        except (SseProtocolError, DownstreamError) as exc:
-            self._end(False)
-            raise DownstreamError(str(exc) if isinstance(exc, SseProtocolError)
-                                  else exc.message) from None
+            chunk = await self._content.readany()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             self._end(False)
             raise DownstreamError("agent connection broke mid-stream") from None
+        events: list[AgentEvent] = []
+        try:
+            if not chunk:
+                events = self._dialect.finish()
+                self._end(True)
+                return events
+            translate = self._dialect.translate_block
+            parser = self._parser
+            for block in parser.blocks(chunk):
+                for event in translate(block, parser):
+                    events.append(event)
+                    if event.kind == "done" or event.kind == "error":
+                        self._end(event.kind == "done")
+                        return events
+        except (SseProtocolError, DownstreamError) as exc:
+            self._end(False)
+            failure = DownstreamError(str(exc) if isinstance(exc, SseProtocolError)
+                                      else exc.message)
+            if not events:
+                raise failure from None
+            self._failed = failure  # the events before the bad one still go out
+        return events
+
+    async def events(self) -> AsyncGenerator[AgentEvent, None]:
+        """Agent events as each completes; ends after ``done``/``error`` (raises on garbage)."""
+        while True:
+            for event in await self.read():
+                yield event
+                if event.kind == "done" or event.kind == "error":
+                    return
 
     def _end(self, ok: bool) -> None:
         if not self._ended:

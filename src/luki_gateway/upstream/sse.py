@@ -46,6 +46,26 @@ class SseParser:
         A block that is not valid UTF-8 stops parsing: the events before it are returned
         and :attr:`error` is set. An event over the size cap raises at once.
         """
+        events: list[SseEvent] = []
+        for block in self.blocks(chunk):
+            try:
+                event = self.parse_block(block)
+            except SseProtocolError as exc:
+                # Events before the bad one were complete: hand them out, then fail.
+                self.error = exc
+                self._buf = b""
+                return events
+            if event is not None:
+                events.append(event)
+        return events
+
+    def blocks(self, chunk: bytes) -> list[bytes]:
+        """Consume ``chunk``; return the raw event blocks it completed, LF line ends, no
+        blank line (the relay's hot path looks at these bytes before any decoding).
+
+        Hand each block to :meth:`parse_block` (or read it yourself) in order. An event
+        over the size cap raises at once.
+        """
         if self.error is not None:
             raise self.error
         if b"\r" in chunk or self._pending_cr:
@@ -60,18 +80,7 @@ class SseParser:
         self._buf = blocks.pop()
         if len(self._buf) > self._max:
             raise SseProtocolError("upstream event exceeds the size limit")
-        events: list[SseEvent] = []
-        for block in blocks:
-            try:
-                event = self._dispatch(block)
-            except SseProtocolError as exc:
-                # Events before the bad one were complete: hand them out, then fail.
-                self.error = exc
-                self._buf = b""
-                return events
-            if event is not None:
-                events.append(event)
-        return events
+        return blocks
 
     @property
     def pending(self) -> bool:
@@ -85,7 +94,11 @@ class SseParser:
         self._pending_cr = chunk.endswith(b"\r")
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
-    def _dispatch(self, block: bytes) -> SseEvent | None:
+    def parse_block(self, block: bytes) -> SseEvent | None:
+        """One raw block as an event (None for comments, retry hints, data-less blocks).
+
+        Raises SseProtocolError when the block is not valid UTF-8.
+        """
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
