@@ -311,3 +311,28 @@ async def test_upstream_metrics(proxied: Client) -> None:
     assert 'luki_upstream_requests_total{status="200",upstream="memory"} 1.0' in text
     assert 'luki_upstream_duration_seconds_count{upstream="memory"} 1.0' in text
     assert 'luki_upstream_circuit_state{upstream="memory"} 0.0' in text
+
+
+async def test_token_subject_with_line_break_cannot_split_the_request(
+        gateway: Callable[..., Any], echo_app: tuple[str, Control]) -> None:
+    """A signed token whose subject carries CRLF gets 400, and nothing reaches the upstream."""
+    client = await gateway(upstreams={"memory": echo_app[0]})
+    before = echo_app[1].requests
+    resp = await client.get("/v1/elr/items",
+                            headers=bearer("alice\r\nX-Evil: 1", ("elr:read",)))
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["message"] == "a header value cannot be forwarded"
+    assert echo_app[1].requests == before
+
+
+async def test_sequential_requests_share_one_upstream_connection(
+        proxied: Client, echo_app: tuple[str, Control]) -> None:
+    """Keep-alive to the upstream: ten requests, one pooled connection, none left in use."""
+    for i in range(10):
+        resp = await proxied.get(f"/v1/elr/items?i={i}")
+        assert resp.status == 200
+        await resp.read()
+    pool = proxied.app[UPSTREAMS].get("memory").pool
+    assert pool.idle == 1 and pool.in_use == 0
