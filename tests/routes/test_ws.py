@@ -230,3 +230,24 @@ async def test_heartbeat_keeps_answering_peer(gateway: Callable[..., Any]) -> No
     await _publish(client, "broadcast:hb", {"alive": True})
     assert (await ws.receive_json(timeout=5))["data"] == {"alive": True}
     await ws.close()
+
+
+async def test_handshake_headers_are_dropped_once_sent(gateway: Callable[..., Any]) -> None:
+    """The 101 carries trace and security headers; once it is out the socket keeps no copy."""
+    import gc
+
+    from aiohttp import web
+
+    client = await gateway(**OPEN)
+    handshake = await client.get("/v1/ws", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert handshake.status == 101
+    assert handshake.headers["X-Request-ID"] and handshake.headers["traceparent"]
+    assert handshake.headers["X-Content-Type-Options"] == "nosniff"
+    handshake.close()
+    ws = await client.ws_connect("/v1/ws")
+    await ws.receive_json(timeout=5)
+    open_sockets = [obj for obj in gc.get_objects() if isinstance(obj, web.WebSocketResponse)]
+    assert open_sockets and all(len(obj.headers) == 0 for obj in open_sockets)
+    await ws.close()

@@ -7,6 +7,7 @@ in ``luki_auth_failures_total{reason}``.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from .failure import AuthFailure
 from .jwt import JwtVerifier
 from .key_record import ApiKeyRecord, KeyStore, StoreUnavailable, hash_key, key_env_of
 from .metrics import AUTH_METRICS, AuthMetrics, FailureReason
-from .principal import Principal
+from .principal import Principal, ScopeSets
 from .service_tokens import ServiceTokens
 from .tickets import PREFIX as TICKET_PREFIX
 from .tickets import TicketSigner
@@ -44,6 +45,7 @@ class Authenticator:
                                      max_bytes=settings.auth.max_token_bytes, clock=clock)
         self._metrics = metrics
         self._clock = clock
+        self._scope_sets = ScopeSets()
 
     def fail(self, reason: FailureReason) -> None:
         """Count a refusal decided outside (missing credentials, scope, origin)."""
@@ -67,7 +69,8 @@ class Authenticator:
             principal = self._tickets.verify(ticket)
             if principal.key_hash is not None:
                 await self._active_record(principal.key_hash)
-            return principal
+            # A ticket's principal lives as long as its stream: share the scope set.
+            return dataclasses.replace(principal, scopes=self._scope_sets(principal.scopes))
         except AuthFailure as failure:
             self._refused(failure.reason)
             raise
@@ -129,7 +132,7 @@ class Authenticator:
         record = await self._active_record(key_hash)
         self._store.touch(key_hash, self._clock())
         return Principal(id=f"key:{record.id}", kind="api_key", subject=record.owner,
-                         scopes=frozenset(record.scopes), tenant=record.tenant,
+                         scopes=self._scope_sets(record.scopes), tenant=record.tenant,
                          user_id=record.owner, key_env=record.env,
                          expires_at=record.expires_at, display=record.display,
                          key_hash=key_hash)

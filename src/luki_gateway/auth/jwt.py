@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from ..settings import DEFAULT_SECRET_MARK, SETTINGS, Settings
 from .failure import AuthFailure
 from .jwks import ASYMMETRIC_ALGORITHMS, JwksCache, VerificationKey
-from .principal import Principal
+from .principal import Principal, ScopeSets
 
 log = structlog.get_logger("luki.auth.jwt")
 
@@ -101,6 +102,7 @@ class JwtVerifier:
         self._auth = settings.auth
         self._keys = keys
         self._jwks = jwks
+        self._scope_sets = ScopeSets()
 
     async def _key_for(self, alg: str, kid: str | None) -> VerificationKey:
         for key in self._keys:
@@ -161,11 +163,15 @@ class JwtVerifier:
             scopes.update(self._auth.role_scopes.get(role, ()))
         tenant = claims.get("tenant", claims.get("tid"))
         exp = claims.get("exp")
+        # Interned: the principal lives as long as a socket; its strings are shared by every
+        # connection of the same subject (interned strings still die with their last user).
+        sub = sys.intern(sub)
+        principal_id = sys.intern(f"jwt:{sub}")
         return Principal(
-            id=f"jwt:{sub}", kind="jwt", subject=sub, scopes=frozenset(scopes),
+            id=principal_id, kind="jwt", subject=sub, scopes=self._scope_sets(scopes),
             tenant=tenant if isinstance(tenant, str) else None, user_id=sub,
             expires_at=float(exp) if isinstance(exp, (int, float)) else None,
-            display=f"jwt:{sub}")
+            display=principal_id)
 
 
 async def jwks_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from aiohttp import web
@@ -37,6 +37,8 @@ class AuthMetrics:
     """``luki_auth_failures_total{reason}``, every reason present from the start."""
 
     failures: Counter
+    # labels() validates and locks on every call; children are cached per reason.
+    _children: dict[str, Counter] = field(default_factory=dict)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AuthMetrics:
@@ -49,7 +51,10 @@ class AuthMetrics:
 
     def fail(self, reason: FailureReason) -> None:
         """Count one refusal."""
-        self.failures.labels(reason).inc()
+        child = self._children.get(reason)
+        if child is None:
+            child = self._children[reason] = self.failures.labels(reason)
+        child.inc()
 
 
 AUTH_METRICS = web.AppKey("auth_metrics", AuthMetrics)

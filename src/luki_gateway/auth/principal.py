@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +44,30 @@ class Principal:
     def missing_scopes(self, required: tuple[str, ...]) -> tuple[str, ...]:
         """The required scopes this principal does not hold."""
         return tuple(s for s in required if not self.has_scope(s))
+
+
+class ScopeSets:
+    """Interned scope sets: principals holding the same grants share one frozenset.
+
+    A principal lives as long as its connection, so thousands of sockets of a few kinds of
+    caller would otherwise each keep their own copy of the same set and its strings.
+    """
+
+    __slots__ = ("_max", "_sets")
+
+    def __init__(self, max_sets: int = 4096) -> None:
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
+        self._max = max_sets
+
+    def __call__(self, scopes: Iterable[str]) -> frozenset[str]:
+        """The shared frozenset equal to ``scopes``."""
+        wanted = frozenset(scopes)
+        found = self._sets.get(wanted)
+        if found is None:
+            if len(self._sets) >= self._max:
+                self._sets.clear()  # many distinct grants: start over rather than grow
+            found = self._sets[wanted] = frozenset(sys.intern(s) for s in wanted)
+        return found
 
 
 # With auth disabled (benchmarks, trusted networks) every request runs as this principal.

@@ -190,6 +190,8 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     conn: WsSubscriber | None = None
     try:
         await ws.prepare(request)
+        # Sent: the 101's headers (security, trace ids) need not live as long as the socket.
+        ws.headers.clear()
         if principal is None:
             principal = await _first_message_auth(request, ws)
             if principal is None:
