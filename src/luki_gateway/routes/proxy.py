@@ -7,24 +7,21 @@ rate-limit middlewares. Added last, so the gateway's own routes always win.
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..settings import SETTINGS
 from ..upstream.proxy import PROXY, ProxyConfig, forward
 from ..upstream.routes import Route
-from ..upstream.sessions import UPSTREAMS
 from .access import RouteAccess, declare
 
 
 def _handler_for(route: Route, config: ProxyConfig) -> Handler:
-    name = route.upstream
-
-    async def proxy(request: web.Request) -> web.StreamResponse:
-        """Forward this request to the route's upstream."""
-        return await forward(request, route, request.app[UPSTREAMS].get(name), config)
-
-    return proxy
+    # A partial, not a wrapper coroutine: one frame less on every request's await chain.
+    handler: Handler = functools.partial(forward, route=route, config=config)
+    return handler
 
 
 def setup(app: web.Application) -> None:

@@ -38,7 +38,7 @@ from .http1 import BadResponse, ConnectFailed, Connection, UpstreamClosed, reque
 from .metrics import UPSTREAM_METRICS, UpstreamMetrics
 from .paths import needs_normalising, normalise
 from .routes import IDEMPOTENT_METHODS, Route, RouteTable
-from .sessions import Upstream
+from .sessions import UPSTREAMS, Upstream
 
 log = structlog.get_logger("luki.proxy")
 
@@ -168,9 +168,10 @@ def _is_stream(resp: aiohttp.ClientResponse, small: int) -> bool:
     return resp.content_type == "text/event-stream"
 
 
-async def forward(request: web.Request, route: Route, upstream: Upstream,
-                  config: ProxyConfig) -> web.StreamResponse:
-    """Proxy ``request`` along ``route`` to ``upstream``; the response, or a GatewayError."""
+async def forward(request: web.Request, route: Route, config: ProxyConfig
+                  ) -> web.StreamResponse:
+    """Proxy ``request`` along ``route`` to its upstream; the response, or a GatewayError."""
+    upstream = request.app[UPSTREAMS].get(route.upstream)
     method = request.method
     if method not in route.methods:
         raise MethodNotAllowed(headers={"Allow": route.allow_header})
@@ -198,24 +199,27 @@ async def forward(request: web.Request, route: Route, upstream: Upstream,
     if route.retries and upload is None and method in IDEMPOTENT_METHODS:
         attempts += config.retries
     metrics = request.app[UPSTREAM_METRICS]
-    exchange: _Exchange
+    head = b""
+    url: URL | None = None
     if upload is None and method != "HEAD":
-        # The hot path: the lean HTTP/1.1 pool (whole bodies, any response shape).
-        assert not isinstance(body, AsyncIterator)
+        # The hot path: the lean HTTP/1.1 pool (whole request bodies, any response shape).
         try:
-            head = request_head(method, target, upstream.pool.authority, headers.items(), body)
+            head = request_head(method, target, upstream.pool.authority, headers.items(),
+                                body if isinstance(body, bytes) else None)
         except ValueError:
             raise ValidationFailed("a header value cannot be forwarded") from None
-        exchange = _LeanExchange(upstream, head, body)
     else:
         # Streamed uploads and HEAD: aiohttp's client (it knows HEAD has no body).
         url = URL(upstream.pool.origin + target, encoded=True)
-        exchange = _SessionExchange(upstream, method, url, headers, body, upload)
     for attempt in range(attempts):
-        last = attempt == attempts - 1
+        retry_allowed = attempt < attempts - 1
         try:
-            return await _attempt(request, route, upstream, config, metrics, exchange,
-                                  retry_allowed=not last)
+            if url is None:
+                return await _attempt_lean(request, route, upstream, config, metrics, head,
+                                           body if isinstance(body, bytes) else None,
+                                           retry_allowed)
+            return await _attempt_session(request, route, upstream, config, metrics, url,
+                                          headers, body, upload, retry_allowed)
         except _Retry as retry:
             log.info("upstream retry", upstream=upstream.name, attempt=attempt + 1,
                      kind=retry.kind)
@@ -231,145 +235,125 @@ class _Retry(Exception):
         self.kind = kind
 
 
-_BodyReader = Callable[[], Awaitable[bytes]]
-_Finish = Callable[[bool], None]
+_UPSTREAM_FAILED = (aiohttp.ClientError, TimeoutError, ConnectFailed, UpstreamClosed,
+                    BadResponse)
 
 
-class _Exchange:
-    """One way of sending the request: open() returns the response head, then the body."""
-
-    __slots__ = ("upload",)
-    upload: _Upload | None
-
-    async def open(self, config: ProxyConfig, timeout_s: float
-                   ) -> tuple[int, str, CIMultiDict[str], bytes | None, _BodyReader, _Finish]:
-        """(status, reason, headers, whole body or None to stream, reader, finish)."""
-        raise NotImplementedError
+def _before_request(upstream: Upstream, metrics: UpstreamMetrics) -> None:
+    try:
+        upstream.breaker.before_request()
+    except CircuitOpen:
+        metrics.errors.labels(upstream.name, "circuit_open").inc()
+        raise
 
 
-class _LeanExchange(_Exchange):
-    """Through the upstream's lean keep-alive pool (upstream/http1.py)."""
+def _failed(upstream: Upstream, metrics: UpstreamMetrics, exc: BaseException,
+            retry_allowed: bool) -> GatewayError:
+    """Count a failure before the response started; raise _Retry or return the error."""
+    kind, error, retryable = _classify(exc)
+    metrics.errors.labels(upstream.name, kind).inc()
+    upstream.breaker.record_failure()
+    if retryable and retry_allowed:
+        raise _Retry(kind) from exc
+    log.warning("upstream failed", upstream=upstream.name, kind=kind,
+                error=type(exc).__name__)
+    return error
 
-    __slots__ = ("body", "head", "pool")
 
-    def __init__(self, upstream: Upstream, head: bytes, body: bytes | None) -> None:
-        self.pool = upstream.pool
-        self.head = head
-        self.body = body
-        self.upload = None
+def _answered(upstream: Upstream, metrics: UpstreamMetrics, status: int, start: float) -> None:
+    metrics.observe(upstream.name, status, time.perf_counter() - start)
+    if status >= 500:
+        upstream.breaker.record_failure()
+    else:
+        upstream.breaker.record_success()
 
-    async def open(self, config: ProxyConfig, timeout_s: float
-                   ) -> tuple[int, str, CIMultiDict[str], bytes | None, _BodyReader, _Finish]:
-        pool = self.pool
+
+async def _attempt_lean(request: web.Request, route: Route, upstream: Upstream,
+                        config: ProxyConfig, metrics: UpstreamMetrics, head: bytes,
+                        body: bytes | None, retry_allowed: bool) -> web.StreamResponse:
+    _before_request(upstream, metrics)
+    pool = upstream.pool
+    start = time.perf_counter()
+    conn: Connection | None = None
+    try:
         conn = await pool.acquire()
-        try:
-            await conn.send(self.head, self.body, timeout_s)
-            headers = response_headers(conn.headers)
-            if not _lean_is_stream(conn, headers, config.small_body_bytes):
-                data = await conn.read(timeout_s)
-                pool.release(conn)
-                return conn.status, conn.reason, headers, data, _no_body, _no_finish
-        except BaseException:
+        await conn.send(head, body, route.timeout_s)
+        headers = response_headers(conn.headers)
+        streaming = _lean_is_stream(conn, headers, config.small_body_bytes)
+        data = b""
+        if not streaming:
+            data = conn.body_so_far() if conn.complete else await conn.read(route.timeout_s)
+            pool.release(conn)
+    except _UPSTREAM_FAILED as exc:
+        if conn is not None:
             pool.release(conn)  # not complete: closed, never reused
-            raise
-        idle_s = config.idle_read_timeout_s
-        return (conn.status, conn.reason, headers, None,
-                lambda: conn.readany(idle_s), lambda _complete: pool.release(conn))
+        raise _failed(upstream, metrics, exc, retry_allowed) from None
+    except BaseException:
+        if conn is not None:
+            pool.release(conn)
+        raise
+    status = conn.status
+    _answered(upstream, metrics, status, start)
+    if not streaming:
+        return web.Response(status=status, reason=conn.reason or None, body=data,
+                            headers=headers)
+    idle_s = config.idle_read_timeout_s
+    return await _stream(request, status, conn.reason, headers,
+                         lambda: conn.readany(idle_s), lambda _: pool.release(conn),
+                         upstream, metrics)
 
 
-class _SessionExchange(_Exchange):
-    """Through the upstream's aiohttp ClientSession."""
-
-    __slots__ = ("body", "headers", "method", "session", "url")
-
-    def __init__(self, upstream: Upstream, method: str, url: URL, headers: CIMultiDict[str],
-                 body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None) -> None:
-        self.session = upstream.session
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.body = body
-        self.upload = upload
-
-    async def open(self, config: ProxyConfig, timeout_s: float
-                   ) -> tuple[int, str, CIMultiDict[str], bytes | None, _BodyReader, _Finish]:
-        async with asyncio.timeout(timeout_s):
-            resp = await self.session.request(
-                self.method, self.url, headers=self.headers, data=self.body,
-                allow_redirects=False)
-            headers = response_headers(resp.headers.items())
-            if not _is_stream(resp, config.small_body_bytes):
+async def _attempt_session(request: web.Request, route: Route, upstream: Upstream,
+                           config: ProxyConfig, metrics: UpstreamMetrics, url: URL,
+                           headers: CIMultiDict[str],
+                           body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None,
+                           retry_allowed: bool) -> web.StreamResponse:
+    _before_request(upstream, metrics)
+    start = time.perf_counter()
+    data = b""
+    try:
+        async with asyncio.timeout(route.timeout_s):
+            resp = await upstream.session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False)
+            streaming = _is_stream(resp, config.small_body_bytes)
+            if not streaming:
                 try:
                     data = await resp.read()
                 finally:
                     resp.release()
-                return resp.status, resp.reason or "", headers, data, _no_body, _no_finish
-
-        def finish(complete: bool) -> None:
-            if complete:
-                resp.release()
-            else:
-                resp.close()  # never return a half-read connection to the pool
-
-        return resp.status, resp.reason or "", headers, None, resp.content.readany, finish
-
-
-async def _no_body() -> bytes:
-    return b""
-
-
-def _no_finish(_complete: bool) -> None:
-    pass
-
-
-def _lean_is_stream(conn: Connection, headers: CIMultiDict[str], small: int) -> bool:
-    status = conn.status
-    if status in (204, 304):
-        return False
-    if conn.complete:
-        return False  # everything already arrived with the head
-    length = headers.get("Content-Length")
-    if length is None or not length.isdigit() or int(length) > small:
-        return True
-    return headers.get("Content-Type", "").startswith("text/event-stream")
-
-
-async def _attempt(request: web.Request, route: Route, upstream: Upstream,
-                   config: ProxyConfig, metrics: UpstreamMetrics, exchange: _Exchange,
-                   *, retry_allowed: bool) -> web.StreamResponse:
-    name = upstream.name
-    breaker = upstream.breaker
-    try:
-        breaker.before_request()
-    except CircuitOpen:
-        metrics.errors.labels(name, "circuit_open").inc()
-        raise
-    start = time.perf_counter()
-    upload = exchange.upload
-    try:
-        status, reason, headers, data, read, finish = await exchange.open(
-            config, route.timeout_s)
-    except (aiohttp.ClientError, TimeoutError, ConnectFailed, UpstreamClosed,
-            BadResponse) as exc:
+    except _UPSTREAM_FAILED as exc:
         if upload is not None and upload.too_large:
             raise PayloadTooLarge(details={"max_bytes": upload.limit}) from None
         if upload is not None and upload.client_failed:
             return _client_left(request)
-        kind, error, retryable = _classify(exc)
-        metrics.errors.labels(name, kind).inc()
-        breaker.record_failure()
-        if retryable and retry_allowed:
-            raise _Retry(kind) from exc
-        log.warning("upstream failed", upstream=name, kind=kind, error=type(exc).__name__)
-        raise error from None
-    metrics.observe(name, status, time.perf_counter() - start)
-    if status >= 500:
-        breaker.record_failure()
-    else:
-        breaker.record_success()
-    if data is not None:
-        return web.Response(status=status, reason=reason or None, body=data, headers=headers)
-    return await _stream(request, status, reason, headers, read, finish, upstream, metrics)
+        raise _failed(upstream, metrics, exc, retry_allowed) from None
+    _answered(upstream, metrics, resp.status, start)
+    out_headers = response_headers(resp.headers.items())
+    if not streaming:
+        return web.Response(status=resp.status, reason=resp.reason, body=data,
+                            headers=out_headers)
+
+    def finish(complete: bool) -> None:
+        if complete:
+            resp.release()
+        else:
+            resp.close()  # never return a half-read connection to the pool
+
+    return await _stream(request, resp.status, resp.reason or "", out_headers,
+                         resp.content.readany, finish, upstream, metrics)
+
+
+_BodyReader = Callable[[], Awaitable[bytes]]
+_Finish = Callable[[bool], None]
+
+
+def _lean_is_stream(conn: Connection, headers: CIMultiDict[str], small: int) -> bool:
+    if conn.status in (204, 304) or conn.complete:
+        return False  # no body by definition, or all of it arrived with the head
+    length = headers.get("Content-Length")
+    if length is None or not length.isdigit() or int(length) > small:
+        return True
+    return headers.get("Content-Type", "").startswith("text/event-stream")
 
 
 def _client_left(request: web.Request) -> web.StreamResponse:
@@ -377,9 +361,6 @@ def _client_left(request: web.Request) -> web.StreamResponse:
     if transport is not None:
         transport.close()
     return web.Response(status=_CLIENT_GONE_STATUS)
-
-
-_UPSTREAM_BROKE = (aiohttp.ClientError, TimeoutError, UpstreamClosed, BadResponse)
 
 
 async def _stream(request: web.Request, status: int, reason: str, headers: CIMultiDict[str],
@@ -396,7 +377,7 @@ async def _stream(request: web.Request, status: int, reason: str, headers: CIMul
                 while True:
                     try:
                         chunk = await read()
-                    except _UPSTREAM_BROKE as exc:
+                    except _UPSTREAM_FAILED as exc:
                         if watch.gone:
                             raise
                         _upstream_broke(upstream, metrics, exc)
