@@ -12,13 +12,12 @@ from prometheus_client import CollectorRegistry
 from .auth.api_keys import key_store_ctx
 from .auth.jwt import jwks_ctx
 from .cors import setup_cors
-from .headers import standard_headers
+from .headers import ResponseHeaders
 from .hub.hub import hub_ctx
 from .hub.turns import turns_ctx
 from .lifecycle import LIFECYCLE, Lifecycle, mark_draining, mark_ready
 from .metrics import HTTP_METRICS, REGISTRY, HttpMetrics
 from .middlewares import setup_middlewares
-from .ratelimit.headers import rate_limit_headers
 from .ratelimit.leases import leases_ctx
 from .ratelimit.limiter import limiter_ctx
 from .ratelimit.quotas import quotas_ctx
@@ -72,10 +71,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     ws.setup(app)           # /v1/ws
     stats.setup(app)        # /v1/stats
     proxy.setup(app)        # /v1/elr/* /v1/activities/* ... from the route table (last)
-    setup_cors(app)
+    cors = setup_cors(app)  # CORS on every route above; its response hook comes back
 
-    app.on_response_prepare.append(standard_headers)
-    app.on_response_prepare.append(rate_limit_headers)
+    # One response hook: security, trace, rate-limit and (cross-origin only) CORS headers.
+    app.on_response_prepare.append(ResponseHeaders(app, cors))
     app.on_startup.append(mark_ready)
     app.on_shutdown.insert(0, mark_draining)
     return app

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import aiohttp_cors
 from aiohttp import web
 
+from .headers import PrepareHook
 from .settings import SETTINGS
 
 _EXPOSED = ("X-Request-ID", "traceparent", "Retry-After", "RateLimit", "RateLimit-Policy",
             "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-def setup_cors(app: web.Application) -> None:
-    """Apply CORS_ORIGINS (per environment) to every route added so far; call after routes."""
+def setup_cors(app: web.Application) -> PrepareHook | None:
+    """Apply CORS_ORIGINS (per environment) to every route added so far; call after routes.
+
+    Returns aiohttp-cors' response hook, taken off ``on_response_prepare``: the gateway's
+    one header hook (headers.ResponseHeaders) calls it for requests with an Origin only.
+    """
     origins = app[SETTINGS].effective_cors_origins
     if not origins:
-        return
+        return None
+    before = list(app.on_response_prepare)
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_credentials="*" not in origins,
         expose_headers=_EXPOSED,
@@ -27,3 +35,9 @@ def setup_cors(app: web.Application) -> None:
         if route.method == "OPTIONS":
             continue
         cors.add(route)
+    added = [h for h in app.on_response_prepare if h not in before]
+    for h in added:
+        app.on_response_prepare.remove(h)
+    if len(added) != 1:
+        raise RuntimeError(f"aiohttp-cors registered {len(added)} response hooks, expected 1")
+    return cast(PrepareHook, added[0])

@@ -1,11 +1,21 @@
-"""Headers every response carries, streaming ones included (added at prepare time)."""
+"""Headers every response carries, streaming ones included (added at prepare time).
+
+One ``on_response_prepare`` hook does it all in one pass: security and trace headers,
+the request's rate-limit headers, and CORS headers (aiohttp-cors' own hook, called only
+when the request has an ``Origin``: without one there is nothing for CORS to add).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
+from .ratelimit.headers import RATE_DECISION, decision_headers
 from .settings import SETTINGS
 from .tracing import trace_of
+
+PrepareHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
         "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; "
@@ -13,8 +23,28 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'
 _HSTS = "max-age=31536000; includeSubDomains"
 
 
-async def standard_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: security headers plus X-Request-ID and traceparent."""
+class ResponseHeaders:
+    """The gateway's one on_response_prepare hook."""
+
+    __slots__ = ("_cors", "_hsts")
+
+    def __init__(self, app: web.Application, cors: PrepareHook | None) -> None:
+        self._cors = cors
+        self._hsts = not app[SETTINGS].is_development
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Add the standard, rate-limit and (for cross-origin requests) CORS headers."""
+        standard_headers(request, response, hsts=self._hsts)
+        decision = request.get(RATE_DECISION)
+        if decision is not None:
+            response.headers.update(decision_headers(decision))
+        if self._cors is not None and "Origin" in request.headers:
+            await self._cors(request, response)
+
+
+def standard_headers(request: web.Request, response: web.StreamResponse, *,
+                     hsts: bool) -> None:
+    """Security headers plus X-Request-ID and traceparent."""
     headers = response.headers
     trace = trace_of(request)
     headers["X-Request-ID"] = trace.request_id
@@ -24,7 +54,7 @@ async def standard_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    if not request.app[SETTINGS].is_development:
+    if hsts:
         headers.setdefault("Strict-Transport-Security", _HSTS)
     content_type = headers.get("Content-Type", "")
     if content_type.startswith("text/html"):

@@ -1,7 +1,8 @@
 """Rate-limit response headers: IETF httpapi draft fields plus the X-RateLimit-* trio.
 
-Set from ``on_response_prepare`` so streamed responses (SSE) and error responses get them
-too: the middleware only records the decision on the request.
+Set from the gateway's ``on_response_prepare`` hook (headers.ResponseHeaders) so streamed
+responses (SSE) and error responses get them too: the middleware only records the decision
+on the request.
 """
 
 from __future__ import annotations
@@ -40,9 +41,3 @@ def decision_headers(decision: Decision) -> dict[str, str]:
         "X-RateLimit-Reset": str(tightest.reset_header),
     }
 
-
-async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: add the headers of the request's rate-limit decision, if any."""
-    decision = request.get(RATE_DECISION)
-    if decision is not None:
-        response.headers.update(decision_headers(decision))
