@@ -2,8 +2,8 @@
 
 One ``Hub`` per app (``app[HUB]``), opened by ``hub_ctx``. Fan-out hands each event's shared
 bytes to every local subscriber without awaiting any socket; one sweep task per process pings
-WebSocket peers, closes dead ones and ends connections whose credentials expired (no
-per-connection timers).
+WebSocket peers, sends SSE keep-alive comments, closes dead or lost connections and ends those
+whose credentials expired (no per-connection timers or tasks).
 """
 
 from __future__ import annotations
@@ -274,30 +274,44 @@ class Hub:
         self._sweep = asyncio.get_running_loop().create_task(self._run_sweep())
 
     async def _run_sweep(self) -> None:
-        interval = min(self.settings.ws_heartbeat_s, SWEEP_MAX_INTERVAL_S)
-        next_ping = time.monotonic() + self.settings.ws_heartbeat_s
+        settings = self.settings
+        interval = min(settings.ws_heartbeat_s, settings.sse_heartbeat_s, SWEEP_MAX_INTERVAL_S)
+        now = time.monotonic()
+        next_ping = now + settings.ws_heartbeat_s
+        next_comment = now + settings.sse_heartbeat_s
         while True:
             await asyncio.sleep(interval)
-            ping = time.monotonic() >= next_ping
+            now = time.monotonic()
+            ping = now >= next_ping
             if ping:
-                next_ping = time.monotonic() + self.settings.ws_heartbeat_s
+                next_ping = now + settings.ws_heartbeat_s
+            comment = now >= next_comment
+            if comment:
+                next_comment = now + settings.sse_heartbeat_s
             try:
-                self.sweep(ping=ping)
+                self.sweep(ping=ping, sse_ping=comment)
             except Exception:
                 log.exception("hub sweep failed")
 
-    def sweep(self, *, ping: bool) -> None:
-        """One pass: expire credentials, ping WebSocket peers (closing silent ones)."""
+    def sweep(self, *, ping: bool, sse_ping: bool = False) -> None:
+        """One pass: drop lost connections, expire credentials, heartbeat WS / SSE peers.
+
+        WebSocket peers that did not answer the previous ping are closed; SSE streams get a
+        keep-alive comment (``sse_heartbeat_s``).
+        """
         now = self.clock()
         deepest = 0
         for sub in list(self.connections.values()):
+            if sub.protocol.transport is None:
+                sub.close()  # the client left: wakes its handler, frees its subscriptions
+                continue
             expires_at = sub.principal.expires_at
             if expires_at is not None and expires_at <= now:
                 sub.close(error=Unauthenticated("credentials expired; send an auth message "
                                                 "with a fresh token before expiry"),
                           code=4401)
                 continue
-            if ping:
+            if ping if sub.kind == "ws" else sse_ping:
                 sub.heartbeat()
             deepest = max(deepest, sub.queue_depth)
         self.metrics.queue_depth.set(deepest)

@@ -3,6 +3,8 @@
 With one channel every event's SSE chunk is shared by all subscribers. With several, the
 ``id:`` line has to carry every channel's position (``channel=id,channel=id``) so that the
 browser's automatic ``Last-Event-ID`` resumes all of them; only that line is per connection.
+Keep-alive comments come from the hub's sweep (no task or timer per stream), and the handler
+waits on one future that ``close`` resolves.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import TYPE_CHECKING, Any
-
-from aiohttp_sse import EventSourceResponse
 
 from ..auth.principal import Principal
 from ..errors import GatewayError
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .hub import Hub
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_PING = b": ping\n\n"
 
 
 def parse_last_event_id(raw: str, channels: list[str]) -> dict[str, str]:
@@ -46,17 +47,20 @@ def parse_last_event_id(raw: str, channels: list[str]) -> dict[str, str]:
 class SseStream(Subscriber):
     """One event stream; writes go straight to the transport as HTTP chunks."""
 
-    __slots__ = ("chunked", "response", "single")
+    __slots__ = ("_ended", "chunked", "single")
 
     kind = "sse"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
-                 protocol: BaseProtocol, response: EventSourceResponse, *,
-                 chunked: bool, single: bool) -> None:
+                 protocol: BaseProtocol, *, chunked: bool, single: bool) -> None:
         super().__init__(hub, principal, transport, protocol)
-        self.response = response
         self.chunked = chunked
         self.single = single
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wait_closed(self) -> asyncio.Future[None]:
+        """Resolved once the stream is closed (client gone, slow consumer, shutdown)."""
+        return self._ended
 
     def _frame(self, data: bytes) -> bytes:
         return http_chunk(data) if self.chunked else data
@@ -87,6 +91,12 @@ class SseStream(Subscriber):
                               event="error")
         return self._frame(block) + (_LAST_CHUNK if self.chunked else b"")
 
+    def heartbeat(self) -> None:
+        """A keep-alive comment, unless events are queued (they keep the stream alive)."""
+        if self._queue is None:
+            self.push_frame(self._frame(_PING))
+
     def on_closed(self) -> None:
         """Wake the handler waiting on this stream."""
-        self.response.stop_streaming()
+        if not self._ended.done():
+            self._ended.set_result(None)

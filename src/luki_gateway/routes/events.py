@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from aiohttp import HttpVersion11, web
-from aiohttp_sse import EventSourceResponse
 from marshmallow import Schema, ValidationError, fields, validate
 
 from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
@@ -20,6 +20,11 @@ from ..validation import load, parse_json, read_body
 from .access import RouteAccess, declare
 
 MAX_BATCH = 100
+# A peer that leaves sent data unacknowledged this long is aborted by the kernel.
+SEND_TIMEOUT_S = 120
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 _EVENT_NAME = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$",
                               error="event must be a name like 'update' or 'order.created'")
 
@@ -115,18 +120,36 @@ async def subscribe_sse(request: web.Request) -> web.StreamResponse:
             await lease.release()
 
 
+def _send_timeout(request: web.Request, milliseconds: int) -> int | None:
+    """Let the kernel abort a peer that leaves sent data unacknowledged this long (Linux).
+
+    Returns the previous value (None where unsupported), to restore before keep-alive reuse.
+    """
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if (_TCP_USER_TIMEOUT is None or sock is None
+            or sock.family not in (socket.AF_INET, socket.AF_INET6)):
+        return None
+    previous: int = sock.getsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, milliseconds)
+    return previous
+
+
 async def _stream(request: web.Request, principal: Principal, channels: list[str],
                   resume: dict[str, str]) -> web.StreamResponse:
     """Prepare the event stream, replay what was asked for, then stay live until closed."""
     settings = request.app[SETTINGS].hub
     hub = request.app[HUB]
-    response = EventSourceResponse(ping_interval=settings.sse_heartbeat_s, sep="\n")
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    previous_timeout = _send_timeout(request, SEND_TIMEOUT_S * 1000)
     await response.prepare(request)
+    # Sent: the headers need not live as long as the stream.
+    response.headers.clear()
     await response.write(b"retry: %d\n\n" % settings.sse_retry_ms)
     transport = request.transport
     if transport is None:
         return response
-    stream = SseStream(hub, principal, transport, request.protocol, response,
+    stream = SseStream(hub, principal, transport, request.protocol,
                        chunked=request.version >= HttpVersion11, single=len(channels) == 1)
     hub.register(stream)
     try:
@@ -137,16 +160,19 @@ async def _stream(request: web.Request, principal: Principal, channels: list[str
             else:
                 stream.channels[channel] = last_id
                 await hub.subscribe_from(stream, channel, last_id)
-        await response.wait()
+        await stream.wait_closed()
     finally:
         stream.close()
         await stream.run_close_callbacks()
+        if previous_timeout is not None:
+            _send_timeout(request, previous_timeout)
     return response
 
 
 def setup(app: web.Application) -> None:
     """Add the routes: GET /v1/events (SSE) and POST /v1/events/publish."""
-    declare(app, app.router.add_get("/v1/events", subscribe_sse), RouteAccess(ticket=True))
+    declare(app, app.router.add_get("/v1/events", subscribe_sse, allow_head=False),
+            RouteAccess(ticket=True))
     declare(app, app.router.add_post("/v1/events/publish", publish),
             RouteAccess(scopes={"POST": ("events:publish",)}))
     # Streams get their reconnect hint as soon as shutdown starts (hub/hub.py).
