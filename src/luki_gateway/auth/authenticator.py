@@ -29,6 +29,7 @@ from .tickets import PREFIX as TICKET_PREFIX
 from .tickets import TicketSigner
 
 log = structlog.get_logger("luki.auth")
+_PRINCIPAL_CACHE = 10_000  # API-key principals kept for reuse (cleared when full)
 
 
 class Authenticator:
@@ -46,6 +47,9 @@ class Authenticator:
         self._metrics = metrics
         self._clock = clock
         self._scope_sets = ScopeSets()
+        # Principals of API keys by key hash, with the record they were built from: reused
+        # while the store hands back that same record (its cache), rebuilt when it changes.
+        self._principals: dict[str, tuple[ApiKeyRecord, Principal]] = {}
 
     def fail(self, reason: FailureReason) -> None:
         """Count a refusal decided outside (missing credentials, scope, origin)."""
@@ -131,11 +135,18 @@ class Authenticator:
         key_hash = hash_key(key, auth.api_key_pepper)
         record = await self._active_record(key_hash)
         self._store.touch(key_hash, self._clock())
-        return Principal(id=f"key:{record.id}", kind="api_key", subject=record.owner,
+        known = self._principals.get(key_hash)
+        if known is not None and known[0] is record:
+            return known[1]  # same stored record (the store's cache): same principal
+        principal = Principal(id=f"key:{record.id}", kind="api_key", subject=record.owner,
                          scopes=self._scope_sets(record.scopes), tenant=record.tenant,
                          user_id=record.owner, key_env=record.env,
                          expires_at=record.expires_at, display=record.display,
                          key_hash=key_hash)
+        if len(self._principals) >= _PRINCIPAL_CACHE:
+            self._principals.clear()  # bounded: a flood of keys cannot grow it
+        self._principals[key_hash] = (record, principal)
+        return principal
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
