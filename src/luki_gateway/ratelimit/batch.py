@@ -48,6 +48,21 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+def _bulk(arg: str | bytes | int | float) -> bytes:
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _command(call: _Call, with_source: bool) -> bytes:
+    """``EVALSHA sha numkeys keys... args...`` (or ``EVAL source ...``) in RESP."""
+    name, script = (b"EVAL", call.script.source) if with_source else (b"EVALSHA",
+                                                                        call.script.sha)
+    parts = [_bulk(name), _bulk(script), _bulk(len(call.keys))]
+    parts += [_bulk(k) for k in call.keys]
+    parts += [_bulk(a) for a in call.args]
+    return b"*%d\r\n" % len(parts) + b"".join(parts)
+
+
 class ErrorLog:
     """Logs a backend failure at most once per interval, with the count it swallowed."""
 
@@ -145,14 +160,32 @@ class ScriptBatch:
 
     async def _pipeline(self, calls: Sequence[_Call], *, with_source: bool = False
                         ) -> list[Any]:
+        """One round trip for ``calls``: every command written at once on one of the
+        client's pooled connections, then one reply read per command.
+
+        redis-py's Pipeline object costs ~25 µs of CPU per queued command here (command
+        objects, per-command response callbacks, retry wrappers); encoding the commands
+        ourselves and reading raw replies costs about half. Error replies come back as
+        exceptions in the list (NOSCRIPT as NoScriptError), like execute(raise_on_error=False).
+        """
         self.round_trips += 1
-        pipe = self.redis.pipeline(transaction=False)
-        for call in calls:
-            if with_source:
-                pipe.eval(call.script.source, len(call.keys), *call.keys, *call.args)
-            else:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        payload = b"".join(_command(call, with_source) for call in calls)
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+            results: list[Any] = []
+            for _ in calls:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:
+                    results.append(exc)
+        except BaseException:
+            # Replies may be left unread: never hand this connection to anyone else.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
         return results
 
     async def preload(self, *scripts: LuaScript) -> None:
