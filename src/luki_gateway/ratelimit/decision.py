@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -16,6 +16,15 @@ class Window:
     key: str         # storage key without the Redis prefix, e.g. "rl:user:alice:60"
     limit: int
     window_s: float
+    # Derived once per window (windows are reused per caller): the RateLimit-Policy item
+    # and the "limit,window_ms" spec the Redis script reads.
+    policy_item: str = field(init=False, repr=False, compare=False)
+    spec: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy_item",
+                           f'"{self.policy}";q={self.limit};w={int(self.window_s)}')
+        object.__setattr__(self, "spec", f"{self.limit},{int(self.window_s * 1000)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .decision import Decision
+from .decision import Decision, WindowState
 
 RATE_DECISION = web.RequestKey("rate_decision", Decision)
 
 
 def policy_header(decision: Decision) -> str:
     """``RateLimit-Policy``: every window, e.g. ``"minute";q=60;w=60, "hour";q=1000;w=3600``."""
-    return ", ".join(f'"{s.window.policy}";q={s.window.limit};w={int(s.window.window_s)}'
-                     for s in decision.states)
+    return ", ".join([s.window.policy_item for s in decision.states])
 
 
-def ratelimit_header(decision: Decision) -> str:
+def _item(state: WindowState) -> str:
+    return f'"{state.window.policy}";r={state.remaining};t={state.reset_header}'
+
+
+def ratelimit_header(decision: Decision, tightest: WindowState | None = None) -> str:
     """``RateLimit``: remaining and reset per window, the tightest first."""
-    tightest = decision.tightest
-    ordered = sorted(decision.states, key=lambda s: s is not tightest)
-    return ", ".join(f'"{s.window.policy}";r={s.remaining};t={s.reset_header}'
-                     for s in ordered)
+    if tightest is None:
+        tightest = decision.tightest
+    items = [_item(s) for s in decision.states if s is not tightest]
+    if tightest is not None:
+        items.insert(0, _item(tightest))
+    return ", ".join(items)
 
 
 def decision_headers(decision: Decision) -> dict[str, str]:
@@ -35,7 +40,7 @@ def decision_headers(decision: Decision) -> dict[str, str]:
         return {}
     return {
         "RateLimit-Policy": policy_header(decision),
-        "RateLimit": ratelimit_header(decision),
+        "RateLimit": ratelimit_header(decision, tightest),
         "X-RateLimit-Limit": str(tightest.window.limit),
         "X-RateLimit-Remaining": str(tightest.remaining),
         "X-RateLimit-Reset": str(tightest.reset_header),

@@ -24,6 +24,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 log = structlog.get_logger("luki.ratelimit")
 
 _SCOPE_BY_KIND = {"api_key": "key", "jwt": "user", "service": "service"}
+_WINDOW_CACHE = 10_000  # callers whose windows are kept
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -73,6 +74,8 @@ class RatePolicies:
     def __init__(self, settings: RateLimitSettings, trusted_proxies: Iterable[str]) -> None:
         self.settings = settings
         self.trusted = parse_networks(trusted_proxies)
+        # The same caller gets the same windows: built once, bounded (cleared when full).
+        self._windows: dict[tuple[str, str, str, str], tuple[Window, ...]] = {}
 
     def principal_scope(self, principal: Principal, ip: str) -> tuple[str, str]:
         """(scope, identity) of the principal's own windows."""
@@ -85,6 +88,15 @@ class RatePolicies:
 
     def windows_for(self, principal: Principal, ip: str) -> tuple[Window, ...]:
         """Every window this principal's request from ``ip`` counts against."""
+        cache_key = (principal.kind, principal.id, principal.subject, ip)
+        windows = self._windows.get(cache_key)
+        if windows is None:
+            if len(self._windows) >= _WINDOW_CACHE:
+                self._windows.clear()
+            windows = self._windows[cache_key] = self._build(principal, ip)
+        return windows
+
+    def _build(self, principal: Principal, ip: str) -> tuple[Window, ...]:
         s = self.settings
         windows: list[Window] = []
         if s.global_per_min:

@@ -91,7 +91,7 @@ class RedisLimiter:
             return Decision(True, ())
         # Few, pre-encoded arguments: packing them is most of the client's CPU per call.
         keys = [(self.prefix + w.key).encode() for w in windows]
-        spec = ";".join(f"{w.limit},{int(w.window_s * 1000)}" for w in windows)
+        spec = ";".join([w.spec for w in windows])
         args = [cost, b"1" if commit else b"0", f"{self._tag}:{next(self._seq)}".encode(),
                 spec.encode()]
         raw = await self.batch.run(SLIDING_LOG, keys, args)
