@@ -50,6 +50,7 @@ class Authenticator:
         # Principals of API keys by key hash, with the record they were built from: reused
         # while the store hands back that same record (its cache), rebuilt when it changes.
         self._principals: dict[str, tuple[ApiKeyRecord, Principal]] = {}
+        self._hashes: dict[str, str] = {}
 
     def fail(self, reason: FailureReason) -> None:
         """Count a refusal decided outside (missing credentials, scope, origin)."""
@@ -132,7 +133,14 @@ class Authenticator:
                 and not auth.allow_test_keys_in_production):
             raise AuthFailure("test_key_in_production",
                               f"sk_{env}_ keys are not accepted in production")
-        key_hash = hash_key(key, auth.api_key_pepper)
+        # The peppered hash of a key seen before comes from memory, not another HMAC. The
+        # process holds each request's key anyway; this keeps at most _PRINCIPAL_CACHE.
+        key_hash = self._hashes.get(key)
+        if key_hash is None:
+            key_hash = hash_key(key, auth.api_key_pepper)
+            if len(self._hashes) >= _PRINCIPAL_CACHE:
+                self._hashes.clear()
+            self._hashes[key] = key_hash
         record = await self._active_record(key_hash)
         self._store.touch(key_hash, self._clock())
         known = self._principals.get(key_hash)
