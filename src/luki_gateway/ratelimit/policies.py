@@ -54,6 +54,8 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 def client_ip(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> str:
     """The caller's address, looking through trusted proxies only."""
     peer = request.remote or "unknown"
+    if not trusted:
+        return peer  # no trusted proxies: the peer is the client, nothing to parse
     peer_ip = _parse_ip(peer)
     if peer_ip is None or not any(peer_ip in net for net in trusted):
         return peer
