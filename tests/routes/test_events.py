@@ -185,3 +185,38 @@ async def test_publish_batch_in_order(gateway: Callable[..., Any], backend: str)
     assert [m["data"]["n"] for m in got] == list(range(5))
     assert [m["id"] for m in got] == [r["id"] for r in results[:5]]
     await ws.close()
+
+
+async def test_idle_sse_streams_have_no_task_or_headers_of_their_own(
+        gateway: Callable[..., Any]) -> None:
+    """Each open stream costs aiohttp's two tasks only (no ping task); its headers are freed."""
+    import asyncio
+    import gc
+
+    from aiohttp import web
+
+    client = await gateway(**OPEN)
+    hub = client.app[HUB]
+    before = len(asyncio.all_tasks())
+    responses = [await client.get("/v1/events", params={"channel": "broadcast:idle"})
+                 for _ in range(3)]
+    for resp in responses:
+        assert resp.headers["X-Accel-Buffering"] == "no"
+        assert (await resp.content.readline()).startswith(b"retry:")
+    await wait_until(lambda: hub.local_count("broadcast:idle") == 3)
+    # aiohttp's connection task and request task per stream; aiohttp-sse added a third
+    assert len(asyncio.all_tasks()) - before == 2 * len(responses)
+    streams = [obj for obj in gc.get_objects()
+               if isinstance(obj, web.StreamResponse) and obj.prepared
+               and obj.status == 200 and not isinstance(obj, web.Response)]
+    assert len(streams) == 3 and all(len(obj.headers) == 0 for obj in streams)
+    for resp in responses:
+        resp.close()
+    await wait_until(lambda: not hub.connections, within=5)
+
+
+async def test_head_on_the_event_stream_is_405(gateway: Callable[..., Any]) -> None:
+    """HEAD cannot open a stream: 405 in the error shape, naming GET."""
+    client = await gateway(**OPEN)
+    resp = await client.head("/v1/events", params={"channel": "broadcast:a"})
+    assert resp.status == 405 and "GET" in resp.headers["Allow"]

@@ -174,20 +174,12 @@ async def _lease(request: web.Request, principal: Principal) -> Lease | None:
     return await app[LEASES].acquire(principal, "ws") if LEASES in app else None
 
 
-async def ws_handler(request: web.Request) -> web.WebSocketResponse:
-    """Upgrade, authenticate, then read messages until the socket closes.
-
-    One coroutine for the socket's whole life: every frame kept alive here is paid per
-    idle connection, so the read loop is inline rather than in a helper.
-    """
-    app = request.app
-    hub = app[HUB]
+async def _open(request: web.Request, ws: web.WebSocketResponse) -> WsSubscriber | None:
+    """Upgrade and authenticate: the registered connection, or None when it was refused."""
+    hub = request.app[HUB]
     principal = _principal(request)
     # With credentials up front, a concurrency refusal is a plain HTTP 429.
     lease = await _lease(request, principal) if principal is not None else None
-    ws = web.WebSocketResponse(protocols=("bearer",), autoping=False, compress=False,
-                               max_msg_size=hub.settings.ws_max_message_bytes)
-    conn: WsSubscriber | None = None
     try:
         await ws.prepare(request)
         # Sent: the 101's headers (security, trace ids) need not live as long as the socket.
@@ -195,18 +187,37 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         if principal is None:
             principal = await _first_message_auth(request, ws)
             if principal is None:
-                return ws
+                return None
             try:
                 lease = await _lease(request, principal)
             except GatewayError as err:
                 await ws.send_json(error_message(err, trace_of(request).trace_id))
                 await ws.close(code=1013, message=b"try again later")
-                return ws
-        transport = request.transport
-        assert transport is not None  # prepared: the connection is open
-        conn = WsSubscriber(hub, principal, transport, request.protocol)
-        hub.register(conn)
-        conn.send_json(_welcome(conn))
+                return None
+    except BaseException:
+        if lease is not None:
+            await lease.release()
+        raise
+    transport = request.transport
+    assert transport is not None  # prepared: the connection is open
+    conn = WsSubscriber(hub, principal, transport, request.protocol, lease)
+    hub.register(conn)
+    conn.send_json(_welcome(conn))
+    return conn
+
+
+async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+    """Upgrade, authenticate, then read messages until the socket closes.
+
+    This coroutine lives as long as the socket and its frame is paid per idle connection:
+    the handshake runs in ``_open`` (its locals gone once done), the read loop inline.
+    """
+    ws = web.WebSocketResponse(protocols=("bearer",), autoping=False, compress=False,
+                               max_msg_size=request.app[HUB].settings.ws_max_message_bytes)
+    conn = await _open(request, ws)
+    if conn is None:
+        return ws
+    try:
         while not conn.closed:
             msg = await ws.receive()
             conn.awaiting_pong = False
@@ -217,19 +228,18 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
             elif msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
             elif msg.type is WSMsgType.BINARY:
-                refusal = ValidationFailed("binary messages are not accepted")
-                if _Session(request, conn).refuse_malformed(refusal):
+                if _Session(request, conn).refuse_malformed(
+                        ValidationFailed("binary messages are not accepted")):
                     await ws.close(code=1008, message=b"too many malformed messages")
                     break
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
                               WSMsgType.ERROR):
                 break
     finally:
-        if conn is not None:
-            conn.close()
-            await conn.run_close_callbacks()
-        if lease is not None:
-            await lease.release()
+        conn.close()
+        await conn.run_close_callbacks()
+        if conn.lease is not None:
+            await conn.lease.release()
     return ws
 
 
