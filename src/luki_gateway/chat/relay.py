@@ -218,7 +218,8 @@ class RelayedTurn:
             failure = InternalError()
         finally:
             watchdog.stop()
-            if stream is not None:
+            # A stream that ended cleanly keeps its connection (released below).
+            if stream is not None and not stream.ended_ok:
                 stream.close()
             metrics.active.dec()
             if usage is None:
@@ -233,6 +234,9 @@ class RelayedTurn:
                     self.fail(failure)
                 else:
                     self.finish(finish_reason, usage)
+                if stream is not None:
+                    # Back to the keep-alive pool once the body's end arrives (or closed).
+                    await stream.release()
 
     def _counted(self, tokens: int) -> dict[str, int]:
         return {"input_tokens": len(self.request.agent.message.split()), "output_tokens": tokens}
@@ -263,7 +267,7 @@ def _client_for(app: web.Application) -> AgentClient:
     """The agent client over the agent upstream's persistent session."""
     settings = app[SETTINGS]
     upstream = app[UPSTREAMS].get("agent")
-    return AgentClient(upstream.session, upstream.base_url,
+    return AgentClient(upstream.session, upstream.base_url, pool=upstream.pool,
                        protocol=settings.chat.agent_protocol, model=settings.chat.agent_model,
                        breaker=upstream.breaker, timeout_s=settings.upstream.timeout_s,
                        connect_timeout_s=settings.upstream.connect_timeout_s)

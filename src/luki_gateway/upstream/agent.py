@@ -9,6 +9,7 @@ upstream does (garbage, closing without a terminal event) raises :class:`Downstr
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +20,14 @@ import yarl
 
 from ..errors import DownstreamError, DownstreamTimeout, DownstreamUnavailable
 from .breaker import CircuitBreaker
+from .http1 import BadResponse, ConnectFailed, Connection, Pool, UpstreamClosed, request_head
 from .sse import SseEvent, SseParser, SseProtocolError
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "cancelled", "client_gone"})
+# After the terminal event, how long and how much the rest of the body may take to arrive
+# so that the connection is reused (the agent normally ends its body right after).
+RELEASE_WAIT_S = 1.0
+RELEASE_MAX_BYTES = 65536
 
 
 class AgentEvent(NamedTuple):
@@ -298,19 +304,21 @@ _SSE_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream
 
 
 class AgentStream:
-    """An open streamed turn: call :meth:`read` until a terminal event, then :meth:`close`."""
+    """An open streamed turn on one pooled connection: call :meth:`read` until a terminal
+    event, then :meth:`release` (or :meth:`close` to cancel)."""
 
-    __slots__ = ("_breaker", "_content", "_dialect", "_ended", "_failed", "_parser",
-                 "_response")
+    __slots__ = ("_breaker", "_conn", "_dialect", "_ended", "_failed", "_ok", "_parser",
+                 "_pool")
 
-    def __init__(self, response: aiohttp.ClientResponse, dialect: Dialect,
+    def __init__(self, pool: Pool, conn: Connection, dialect: Dialect,
                  breaker: CircuitBreaker | None) -> None:
-        self._response = response
-        self._content = response.content
+        self._pool = pool
+        self._conn = conn
         self._dialect = dialect
         self._breaker = breaker
         self._parser = SseParser()
         self._ended = False
+        self._ok = False
         self._failed: DownstreamError | None = None
 
     async def read(self) -> list[AgentEvent]:
@@ -323,8 +331,8 @@ class AgentStream:
         if self._failed is not None:
             raise self._failed
         try:
-            chunk = await self._content.readany()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            chunk = await self._conn.readany()
+        except _BROKEN:
             self._end(False)
             raise DownstreamError("agent connection broke mid-stream") from None
         events: list[AgentEvent] = []
@@ -361,23 +369,53 @@ class AgentStream:
     def _end(self, ok: bool) -> None:
         if not self._ended:
             self._ended = True
+            self._ok = ok
             _record(self._breaker, ok)
 
+    @property
+    def ended_ok(self) -> bool:
+        """True once the agent sent its terminal event (done, or its own error event)."""
+        return self._ok
+
     def close(self) -> None:
-        """Drop the upstream connection now (cancel) unless the stream ended cleanly."""
-        if not self._response.closed:
-            self._response.close()
+        """Give the connection back: kept only if the response was complete, else closed
+        (which cancels the agent's stream)."""
+        self._pool.release(self._conn)
+
+    async def release(self, within_s: float = RELEASE_WAIT_S) -> None:
+        """After a clean end: wait (briefly) for the end of the body, so the connection
+        goes back to the keep-alive pool instead of being closed; else close it."""
+        try:
+            if self._ok and not self._conn.complete:
+                async with asyncio.timeout(within_s):
+                    left = RELEASE_MAX_BYTES
+                    while left > 0:
+                        chunk = await self._conn.readany()
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+        except (TimeoutError, *_BROKEN):
+            pass
+        finally:
+            self.close()
+
+
+# A pooled connection that broke, spoke garbage HTTP or timed out.
+_BROKEN = (UpstreamClosed, BadResponse, TimeoutError, OSError)
 
 
 class AgentClient:
     """Talks to the agent through the upstream's one persistent session."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: yarl.URL, *,
-                 protocol: str = "native", model: str = "luki-agent",
+                 pool: Pool | None = None, protocol: str = "native", model: str = "luki-agent",
                  breaker: CircuitBreaker | None = None, timeout_s: float = 30.0,
                  connect_timeout_s: float = 2.0) -> None:
         self.session = session
         self.base_url = base_url
+        # Streams go through the upstream's lean keep-alive pool (upstream/http1.py): an
+        # exchange costs a fraction of aiohttp's client machinery, once per turn.
+        self.pool = pool
         self.protocol = protocol
         self.model = model
         self.breaker = breaker
@@ -422,24 +460,35 @@ class AgentClient:
         return reply
 
     async def open_stream(self, turn: AgentRequest, headers: Mapping[str, str]) -> AgentStream:
-        """Send the streamed request; the caller bounds the wait for headers."""
+        """Send the streamed request on a pooled connection and wait for the answer's head
+        (the caller bounds that wait: no timeout here but the connect timeout)."""
+        pool = self.pool
+        if pool is None:
+            raise DownstreamUnavailable(details={"upstream": "agent"})
         dialect = self.dialect()
         if self.breaker is not None:
             self.breaker.before_request()
+        body = json.dumps(dialect.body(turn, True)).encode()
+        head = request_head("POST", pool.base_path + dialect.path_stream, pool.authority,
+                            [*headers.items(), *_SSE_HEADERS.items()], body)
         try:
-            # No total or read timeout here: the relay owns first-token and idle timeouts.
-            response = await self.session.post(
-                self.url(dialect.path_stream), json=dialect.body(turn, True),
-                headers={**headers, **_SSE_HEADERS},
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=None,
-                                              connect=self.connect_timeout_s))
-        except aiohttp.ClientError:
+            conn = await pool.acquire()
+        except (ConnectFailed, TimeoutError, OSError):
             _record(self.breaker, False)
             raise DownstreamUnavailable() from None
-        if response.status >= 400:
-            response.release()
-            _record(self.breaker, response.status < 500)
-            if response.status == 503:
-                raise DownstreamUnavailable(details={"upstream_status": response.status})
-            raise DownstreamError(details={"upstream_status": response.status})
-        return AgentStream(response, dialect, self.breaker)
+        try:
+            await conn.send(head, body, None)
+        except BaseException as exc:
+            pool.release(conn)  # incomplete: closed, never reused
+            if isinstance(exc, _BROKEN):
+                _record(self.breaker, False)
+                raise DownstreamUnavailable() from None
+            raise
+        status = conn.status
+        if status >= 400:
+            pool.release(conn)
+            _record(self.breaker, status < 500)
+            if status == 503:
+                raise DownstreamUnavailable(details={"upstream_status": status})
+            raise DownstreamError(details={"upstream_status": status})
+        return AgentStream(pool, conn, dialect, self.breaker)
