@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from ..auth.principal import PRINCIPAL
 from ..tracing import trace_of
@@ -35,6 +34,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
 _FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto",
                          "x-forwarded-host", "x-real-ip"})
 _LUKI = "x-luki-"
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,8 @@ class ForwardingPolicy:
 
 
 def _connection_tokens(value: str) -> frozenset[str]:
+    if value in _PLAIN_CONNECTION:
+        return frozenset()  # the usual values name no other header
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
 
 
@@ -69,50 +71,61 @@ def _forwarded_node(remote: str) -> str:
     return f'"[{remote}]"' if ":" in remote else remote
 
 
-def request_headers(request: web.Request, policy: ForwardingPolicy) -> CIMultiDict[str]:
-    """The headers to send upstream for ``request`` (one copy, built in one pass)."""
+def request_headers(request: web.Request, policy: ForwardingPolicy) -> list[tuple[str, str]]:
+    """The headers to send upstream for ``request`` (one list, built in one pass)."""
     incoming = request.headers
+    remote = request.remote or "unknown"
     trusted = policy.trusts(request.remote)
     connection = incoming.get("Connection")
     named = _connection_tokens(connection) if connection else frozenset()
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
+    prior_for: list[str] = []
+    prior_forwarded: list[str] = []
+    has_proto = has_host = False
     for name, value in incoming.items():
         lname = name.lower()
         if lname in _REQUEST_DROP or lname in named or lname.startswith(_LUKI):
             continue
-        if lname in _FORWARDING and not trusted:
-            continue
-        out.add(name, value)
+        if lname in _FORWARDING:
+            if not trusted:
+                continue
+            if lname == "x-forwarded-for":
+                prior_for.append(value)
+                continue
+            if lname == "forwarded":
+                prior_forwarded.append(value)
+                continue
+            has_proto = has_proto or lname == "x-forwarded-proto"
+            has_host = has_host or lname == "x-forwarded-host"
+        out.append((name, value))
 
-    remote = request.remote or "unknown"
     host = incoming.get("Host", "")
     proto = request.scheme
-    prior_for = out.popall("X-Forwarded-For", None) if trusted else None
-    out["X-Forwarded-For"] = ", ".join([*prior_for, remote]) if prior_for else remote
-    if not trusted or "X-Forwarded-Proto" not in out:
-        out["X-Forwarded-Proto"] = proto
-    if not trusted or "X-Forwarded-Host" not in out:
-        out["X-Forwarded-Host"] = host
+    out.append(("X-Forwarded-For", ", ".join([*prior_for, remote]) if prior_for else remote))
+    if not has_proto:
+        out.append(("X-Forwarded-Proto", proto))
+    if not has_host:
+        out.append(("X-Forwarded-Host", host))
     element = f"for={_forwarded_node(remote)};proto={proto}"
     if host and '"' not in host and "\\" not in host:  # must stay one quoted-string
         element += f';host="{host}"'
-    prior = out.popall("Forwarded", None) if trusted else None
-    out["Forwarded"] = ", ".join([*prior, element]) if prior else element
+    out.append(("Forwarded", ", ".join([*prior_forwarded, element]) if prior_forwarded
+                else element))
 
     trace = trace_of(request)
-    out["X-Request-ID"] = trace.request_id
-    out["traceparent"] = trace.traceparent
+    out.append(("X-Request-ID", trace.request_id))
+    out.append(("traceparent", trace.traceparent))
     principal = request.get(PRINCIPAL)
     if principal is not None:
-        out["X-LUKi-Principal"] = principal.subject
-        out["X-LUKi-Scopes"] = " ".join(sorted(principal.scopes))
-        out["X-LUKi-Auth-Type"] = principal.kind
+        out.append(("X-LUKi-Principal", principal.subject))
+        out.append(("X-LUKi-Scopes", " ".join(sorted(principal.scopes))))
+        out.append(("X-LUKi-Auth-Type", principal.kind))
     return out
 
 
-def response_headers(upstream_headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+def response_headers(upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers minus hop-by-hop ones and those named in Connection."""
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     named: frozenset[str] = frozenset()
     for name, value in upstream_headers:
         lname = name.lower()
@@ -120,7 +133,7 @@ def response_headers(upstream_headers: Iterable[tuple[str, str]]) -> CIMultiDict
             if lname == "connection":
                 named |= _connection_tokens(value)
             continue
-        out.add(name, value)
-    for lname in named:
-        out.popall(lname, None)  # named in Connection: hop-by-hop for this message
+        out.append((name, value))
+    if named:  # named in Connection: hop-by-hop for this message
+        out = [(name, value) for name, value in out if name.lower() not in named]
     return out

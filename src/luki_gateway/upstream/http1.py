@@ -64,8 +64,8 @@ class Connection(asyncio.Protocol):
         "_complete",
         "_eof_body",
         "_error",
+        "_fields",
         "_head_waiter",
-        "_header_names",
         "_keep_alive",
         "_parser",
         "_paused",
@@ -93,7 +93,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
-        self._header_names: set[str] = set()
+        self._fields: dict[str, str] = {}  # lower-case name -> last value
         self._body: list[bytes] = []
         self._buffered = 0
         self._complete = False
@@ -145,19 +145,20 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         text = name.decode("latin-1")
-        self.headers.append((text, value.decode("utf-8", "surrogateescape")))
-        self._header_names.add(text.lower())
+        decoded = value.decode("utf-8", "surrogateescape")
+        self.headers.append((text, decoded))
+        self._fields[text.lower()] = decoded
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
             # 1xx interim answers (103 Early Hints...): not forwarded, wait for the final one.
             self.headers = []
-            self._header_names = set()
+            self._fields = {}
             self.reason = ""
             return
         self.status = status
-        names = self._header_names
+        names = self._fields
         self._eof_body = (status not in (204, 304) and "content-length" not in names
                           and "transfer-encoding" not in names)
         waiter = self._head_waiter
@@ -232,6 +233,10 @@ class Connection(asyncio.Protocol):
         else:
             transport.write(head)
         return self._arm(waiter, timeout_s, loop)
+
+    def field(self, lower_name: str) -> str | None:
+        """The (last) value of a response header, by lower-case name."""
+        return self._fields.get(lower_name)
 
     @property
     def complete(self) -> bool:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from ..errors import (
@@ -192,7 +191,7 @@ async def forward(request: web.Request, route: Route, config: ProxyConfig
             upload = _Upload(route.max_body_bytes)
             body = upload.chunks(request.content)
             if length is not None:
-                headers["Content-Length"] = str(length)
+                headers.append(("Content-Length", str(length)))
     elif length == 0:
         body = b""
     attempts = 1
@@ -204,7 +203,7 @@ async def forward(request: web.Request, route: Route, config: ProxyConfig
     if upload is None and method != "HEAD":
         # The hot path: the lean HTTP/1.1 pool (whole request bodies, any response shape).
         try:
-            head = request_head(method, target, upstream.pool.authority, headers.items(),
+            head = request_head(method, target, upstream.pool.authority, headers,
                                 body if isinstance(body, bytes) else None)
         except ValueError:
             raise ValidationFailed("a header value cannot be forwarded") from None
@@ -278,8 +277,7 @@ async def _attempt_lean(request: web.Request, route: Route, upstream: Upstream,
     try:
         conn = await pool.acquire()
         await conn.send(head, body, route.timeout_s)
-        headers = response_headers(conn.headers)
-        streaming = _lean_is_stream(conn, headers, config.small_body_bytes)
+        streaming = _lean_is_stream(conn, config.small_body_bytes)
         data = b""
         if not streaming:
             data = conn.body_so_far() if conn.complete else await conn.read(route.timeout_s)
@@ -294,9 +292,11 @@ async def _attempt_lean(request: web.Request, route: Route, upstream: Upstream,
         raise
     status = conn.status
     _answered(upstream, metrics, status, start)
+    headers = response_headers(conn.headers)
     if not streaming:
-        return web.Response(status=status, reason=conn.reason or None, body=data,
-                            headers=headers)
+        response = web.Response(status=status, reason=conn.reason or None, body=data)
+        response.headers.extend(headers)  # one copy (headers= would make two)
+        return response
     idle_s = config.idle_read_timeout_s
     return await _stream(request, status, conn.reason, headers,
                          lambda: conn.readany(idle_s), lambda _: pool.release(conn),
@@ -305,7 +305,7 @@ async def _attempt_lean(request: web.Request, route: Route, upstream: Upstream,
 
 async def _attempt_session(request: web.Request, route: Route, upstream: Upstream,
                            config: ProxyConfig, metrics: UpstreamMetrics, url: URL,
-                           headers: CIMultiDict[str],
+                           headers: list[tuple[str, str]],
                            body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None,
                            retry_allowed: bool) -> web.StreamResponse:
     _before_request(upstream, metrics)
@@ -330,8 +330,9 @@ async def _attempt_session(request: web.Request, route: Route, upstream: Upstrea
     _answered(upstream, metrics, resp.status, start)
     out_headers = response_headers(resp.headers.items())
     if not streaming:
-        return web.Response(status=resp.status, reason=resp.reason, body=data,
-                            headers=out_headers)
+        response = web.Response(status=resp.status, reason=resp.reason, body=data)
+        response.headers.extend(out_headers)
+        return response
 
     def finish(complete: bool) -> None:
         if complete:
@@ -347,13 +348,13 @@ _BodyReader = Callable[[], Awaitable[bytes]]
 _Finish = Callable[[bool], None]
 
 
-def _lean_is_stream(conn: Connection, headers: CIMultiDict[str], small: int) -> bool:
+def _lean_is_stream(conn: Connection, small: int) -> bool:
     if conn.status in (204, 304) or conn.complete:
         return False  # no body by definition, or all of it arrived with the head
-    length = headers.get("Content-Length")
+    length = conn.field("content-length")
     if length is None or not length.isdigit() or int(length) > small:
         return True
-    return headers.get("Content-Type", "").startswith("text/event-stream")
+    return (conn.field("content-type") or "").startswith("text/event-stream")
 
 
 def _client_left(request: web.Request) -> web.StreamResponse:
@@ -363,11 +364,13 @@ def _client_left(request: web.Request) -> web.StreamResponse:
     return web.Response(status=_CLIENT_GONE_STATUS)
 
 
-async def _stream(request: web.Request, status: int, reason: str, headers: CIMultiDict[str],
+async def _stream(request: web.Request, status: int, reason: str,
+                  headers: list[tuple[str, str]],
                   read: _BodyReader, finish: _Finish, upstream: Upstream,
                   metrics: UpstreamMetrics) -> web.StreamResponse:
     """Relay a large or open-ended body chunk by chunk, with flat memory."""
-    response = web.StreamResponse(status=status, reason=reason or None, headers=headers)
+    response = web.StreamResponse(status=status, reason=reason or None)
+    response.headers.extend(headers)
     complete = False
     try:
         await response.prepare(request)
