@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -357,14 +357,6 @@ class AgentStream:
                 raise failure from None
             self._failed = failure  # the events before the bad one still go out
         return events
-
-    async def events(self) -> AsyncGenerator[AgentEvent, None]:
-        """Agent events as each completes; ends after ``done``/``error`` (raises on garbage)."""
-        while True:
-            for event in await self.read():
-                yield event
-                if event.kind == "done" or event.kind == "error":
-                    return
 
     def _end(self, ok: bool) -> None:
         if not self._ended:
