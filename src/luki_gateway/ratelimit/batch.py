@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 log = structlog.get_logger("luki.ratelimit")
@@ -61,6 +63,26 @@ def _command(call: _Call, with_source: bool) -> bytes:
     parts += [_bulk(k) for k in call.keys]
     parts += [_bulk(a) for a in call.args]
     return b"*%d\r\n" % len(parts) + b"".join(parts)
+
+
+async def _read_replies(stream: asyncio.StreamReader, count: int) -> list[Any]:
+    """Exactly ``count`` RESP2 replies from ``stream``, parsed by hiredis."""
+    reader = hiredis.Reader()
+    replies: list[Any] = []
+    while len(replies) < count:
+        data = await stream.read(65536)
+        if not data:
+            raise RedisConnectionError("connection closed by server")
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):
+                text = str(reply)
+                reply = (NoScriptError(text) if text.startswith("NOSCRIPT")
+                         else ResponseError(text))
+            replies.append(reply)
+    if len(replies) != count:
+        raise RedisConnectionError("unexpected replies on a pipelined connection")
+    return replies
 
 
 class ErrorLog:
@@ -165,25 +187,30 @@ class ScriptBatch:
     async def _pipeline(self, calls: Sequence[_Call], *, with_source: bool = False
                         ) -> list[Any]:
         """One round trip for ``calls``: every command written at once on one of the
-        client's pooled connections, then one reply read per command.
+        client's pooled connections, then every reply read back.
 
         redis-py's Pipeline object costs ~25 µs of CPU per queued command here (command
         objects, per-command response callbacks, retry wrappers); encoding the commands
-        ourselves and reading raw replies costs about half. Error replies come back as
-        exceptions in the list (NOSCRIPT as NoScriptError), like execute(raise_on_error=False).
+        ourselves and parsing the replies with hiredis in one pass costs ~6 µs. Error
+        replies come back as exceptions in the list (NOSCRIPT as NoScriptError), like
+        execute(raise_on_error=False).
         """
         self.round_trips += 1
-        payload = b"".join(_command(call, with_source) for call in calls)
+        payload = b"".join([_command(call, with_source) for call in calls])
         pool = self.redis.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(payload, check_health=False)
-            results: list[Any] = []
-            for _ in calls:
-                try:
-                    results.append(await conn.read_response())
-                except ResponseError as exc:
-                    results.append(exc)
+            stream = getattr(conn, "_reader", None)
+            if isinstance(stream, asyncio.StreamReader):
+                results = await _read_replies(stream, len(calls))
+            else:  # not a plain TCP connection as we know it: redis-py reads the replies
+                results = []
+                for _ in calls:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
         except BaseException:
             # Replies may be left unread: never hand this connection to anyone else.
             await conn.disconnect(nowait=True)
