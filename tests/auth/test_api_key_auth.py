@@ -88,6 +88,18 @@ async def test_expired_key_is_refused(backend: str, probe: Callable[..., Any]) -
     assert "expired" in await refused(p, key)
 
 
+async def test_key_expiring_after_use_is_refused(backend: str,
+                                                 probe: Callable[..., Any]) -> None:
+    """A key accepted (and remembered) before its expiry is refused once it has expired."""
+    p: Probe = await probe()
+    key = await p.add_key(expires_at=time.time() + 0.5)
+    for _ in range(2):  # the second use takes the remembered-key path
+        assert (await p.client.post("/t/chat", headers=auth(key))).status == 200
+    await asyncio.sleep(0.6)
+    p.calls.clear()
+    assert "expired" in await refused(p, key)
+
+
 async def test_unknown_key_is_refused(backend: str, probe: Callable[..., Any]) -> None:
     """A well-formed key that was never stored is refused."""
     p: Probe = await probe()

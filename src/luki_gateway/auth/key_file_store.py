@@ -69,6 +69,10 @@ class FileKeyStore(LastUsedBuffer):
 
     async def get(self, key_hash: str) -> ApiKeyRecord | None:
         """The record for a hash, re-reading the file first if it changed."""
+        return self.cached(key_hash)
+
+    def cached(self, key_hash: str) -> ApiKeyRecord | None:
+        """The record for a hash (the file is re-read first if it changed)."""
         self._refresh()
         return self._records.get(key_hash)
 

@@ -118,6 +118,9 @@ class LastUsedBuffer:
     def __init__(self) -> None:
         self._pending: dict[str, float] = {}
 
+    def cached(self, key_hash: str) -> ApiKeyRecord | None:
+        """The record if the store can vouch for it without waiting (None: ask get())."""
+
     def touch(self, key_hash: str, when: float) -> None:
         """Remember a use; never a write per request."""
         self._pending[key_hash] = when
@@ -151,6 +154,9 @@ class KeyStore(Protocol):
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         """Revoke by id (hash prefix) or whole hash; the revoked record, or None if unknown."""
+
+    def cached(self, key_hash: str) -> ApiKeyRecord | None:
+        """The record if the store can vouch for it without waiting (None: ask get())."""
 
     def touch(self, key_hash: str, when: float) -> None:
         """Note a use; written in batches by ``flush_last_used``, never per request."""

@@ -56,6 +56,13 @@ class RedisKeyStore(LastUsedBuffer):
             record = replace(record, last_used_at=float(used))
         return record
 
+    def cached(self, key_hash: str) -> ApiKeyRecord | None:
+        """The record if this process read it less than the cache time ago."""
+        cached = self._cache.get(key_hash)
+        if cached is not None and time.monotonic() - cached[0] < self._cache_s:
+            return cached[1]
+        return None
+
     async def get(self, key_hash: str) -> ApiKeyRecord | None:
         """The record for a hash (raises StoreUnavailable when Redis does not answer)."""
         now = time.monotonic()

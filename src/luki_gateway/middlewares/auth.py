@@ -46,8 +46,10 @@ def _refuse(authenticator: Authenticator, reason: FailureReason, message: str) -
     return AuthFailure(reason, message)
 
 
-async def _resolve(request: web.Request, access: RouteAccess,
-                   authenticator: Authenticator) -> Principal | None:
+def _check_query(request: web.Request, access: RouteAccess,
+                 authenticator: Authenticator) -> None:
+    if not request.rel_url.raw_query_string:
+        return
     query = request.query
     ticket_route = access.ticket and request.method in ("GET", "HEAD")
     if (any(name.lower() in _QUERY_CREDENTIALS for name in query)
@@ -55,6 +57,20 @@ async def _resolve(request: web.Request, access: RouteAccess,
             or any(_CREDENTIAL_VALUE.match(value) for value in query.values())):
         raise _refuse(authenticator, "token_in_query",
                       "credentials are not accepted in the URL of this route")
+
+
+def _known(request: web.Request, authenticator: Authenticator) -> Principal | None:
+    """The principal of a bearer API key verified before and unchanged, without I/O."""
+    header = request.headers.get("Authorization")
+    if header is None or not header.startswith("Bearer sk_"):
+        return None
+    return authenticator.known_api_key(header[7:].strip())
+
+
+async def _resolve(request: web.Request, access: RouteAccess,
+                   authenticator: Authenticator) -> Principal | None:
+    query = request.query
+    ticket_route = access.ticket and request.method in ("GET", "HEAD")
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.strip().partition(" ")
@@ -98,6 +114,11 @@ def authenticate(request: web.Request, access: RouteAccess) -> Awaitable[None] |
         except Forbidden:
             authenticator.fail("forbidden_origin")
             raise
+    _check_query(request, access, authenticator)
+    principal = _known(request, authenticator)
+    if principal is not None:
+        _admit(request, access, authenticator, principal)
+        return None  # a key seen before: no awaitable, no coroutine
     return _authenticate(request, access, authenticator)
 
 
@@ -106,6 +127,12 @@ async def _authenticate(request: web.Request, access: RouteAccess,
     principal = await _resolve(request, access, authenticator)
     if principal is None:
         return  # deferred: the handler authenticates from the first message
+    _admit(request, access, authenticator, principal)
+
+
+def _admit(request: web.Request, access: RouteAccess, authenticator: Authenticator,
+           principal: Principal) -> None:
+    """Attach ``principal`` to the request if it holds the route's scopes (else 403)."""
     request[PRINCIPAL] = principal
     missing = principal.missing_scopes(access.scopes_for(request.method))
     if missing:
