@@ -9,7 +9,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from ..settings import ChatSettings
 
-ID_LENGTH = validate.Length(min=1, max=128)
+MAX_ID_CHARS = 128
+ID_LENGTH = validate.Length(min=1, max=MAX_ID_CHARS)
 
 
 def _context_size_check(max_bytes: int) -> Any:
@@ -32,6 +33,31 @@ def chat_schema(settings: ChatSettings, *, with_id: bool = False) -> Schema:
         attrs["id"] = fields.String(required=True, validate=ID_LENGTH)
         attrs["type"] = fields.String()
     return Schema.from_dict(attrs, name="ChatWs" if with_id else "Chat")()
+
+
+def plain_chat_body(data: Any, max_message_chars: int) -> dict[str, Any] | None:
+    """The usual body, ``{"message"}`` with an optional ``user_id``, checked without
+    marshmallow (whose load is tens of microseconds on the time-to-first-token path).
+
+    Returns what :func:`chat_schema`'s load would, or None when anything else is there
+    (``context``, unknown keys, wrong types or lengths): the schema then decides, and
+    words its refusals.
+    """
+    if type(data) is not dict:
+        return None
+    message = data.get("message")
+    if type(message) is not str or not 0 < len(message) <= max_message_chars:
+        return None
+    keys = 1
+    user_id = data.get("user_id")
+    if "user_id" in data:
+        keys += 1
+        if user_id is not None and (type(user_id) is not str
+                                    or not 0 < len(user_id) <= MAX_ID_CHARS):
+            return None
+    if len(data) != keys:
+        return None
+    return {"message": message, "user_id": user_id, "context": None}
 
 
 class CancelSchema(Schema):

@@ -26,7 +26,7 @@ from ..chat.relay import (
     start_turn,
     stop_relays,
 )
-from ..chat.schema import chat_schema
+from ..chat.schema import chat_schema, plain_chat_body
 from ..chat.sse import SseSink, open_sse, sse_streams_ctx
 from ..chat.turn_access import check_owner, resolve_user
 from ..chat.ws import setup_ws
@@ -35,7 +35,7 @@ from ..hub.turns import TURNS, Turn, id_prefix, turn_event
 from ..settings import SETTINGS
 from ..tracing import trace_of
 from ..upstream.agent import AgentRequest
-from ..validation import load, read_json
+from ..validation import load, parse_json, read_body
 from .access import RouteAccess, declare
 
 CHAT_SCHEMA = web.AppKey("chat_schema", Schema)
@@ -57,9 +57,10 @@ async def _agent_request(request: web.Request) -> AgentRequest:
         data = {"message": message} if message is not None else {}
         if "user_id" in query:
             data["user_id"] = query["user_id"]
-        body = load(request.app[CHAT_SCHEMA], data)
     else:
-        body = await read_json(request, request.app[CHAT_SCHEMA])
+        data = parse_json(await read_body(request))
+    max_chars = request.app[SETTINGS].chat.max_message_chars
+    body = plain_chat_body(data, max_chars) or load(request.app[CHAT_SCHEMA], data)
     return AgentRequest(resolve_user(principal, body["user_id"]), body["message"],
                         body["context"])
 
