@@ -54,6 +54,17 @@ async def scripted(script: Script) -> AsyncIterator[tuple[URL, list[int]]]:
         server.close()
 
 
+def replying(wire: bytes, *, linger_s: float = 0.0) -> Script:
+    """A script that reads one request head, writes ``wire``, waits ``linger_s``, closes."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(wire)
+        await writer.drain()
+        await asyncio.sleep(linger_s)
+
+    return script
+
+
 def _pool(url: URL, limit: int = 4) -> Pool:
     return Pool(url, limit=limit, connect_timeout_s=2.0)
 
@@ -96,10 +107,7 @@ def test_keep_alive_reuses_one_connection() -> None:
 
 def test_interim_1xx_answers_are_skipped() -> None:
     """103 Early Hints before the final answer: the client sees only the final one."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK)
-        await writer.drain()
+    serve = replying(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK)
 
     async def case() -> None:
         async with scripted(serve) as (url, _):
@@ -117,11 +125,7 @@ def test_interim_1xx_answers_are_skipped() -> None:
 
 def test_body_delimited_by_close_is_complete_and_not_reused() -> None:
     """No Content-Length, no chunking: the body ends with the connection, which is dropped."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-        writer.close()
+    serve = replying(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
 
     async def case() -> None:
         async with scripted(serve) as (url, _):
@@ -160,10 +164,7 @@ def test_reset_before_the_answer_and_mid_body() -> None:
     async def before(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
 
-    async def mid(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
+    mid = replying(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
 
     async def case() -> None:
         async with scripted(before) as (url, _):
@@ -184,11 +185,7 @@ def test_reset_before_the_answer_and_mid_body() -> None:
 
 def test_garbage_is_a_bad_response() -> None:
     """Bytes that are not HTTP/1.1 raise BadResponse and the connection is dropped."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
+    serve = replying(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", linger_s=1.0)
 
     async def case() -> None:
         async with scripted(serve) as (url, _):
@@ -261,11 +258,7 @@ def test_pool_limit_queues_callers_in_order() -> None:
 
 def test_idle_connection_closed_by_upstream_is_not_reused() -> None:
     """The upstream closes an idle keep-alive connection: the next exchange opens a new one."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(OK)
-        await writer.drain()
-        # then close while the client holds the connection idle
+    serve = replying(OK)  # then closes while the client holds the connection idle
 
     async def case() -> None:
         async with scripted(serve) as (url, connections):
