@@ -197,6 +197,23 @@ def test_garbage_is_a_bad_response() -> None:
     run_on_both_loops(case)
 
 
+def test_oversized_or_upgrading_answers_are_bad_responses() -> None:
+    """Endless headers and an unasked-for protocol switch are refused, not waited out."""
+    endless = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n"
+    upgrade = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\n\r\n\x81\x00")
+
+    async def case() -> None:
+        for wire in (endless, upgrade):
+            async with scripted(replying(wire, linger_s=1.0)) as (url, _):
+                pool = _pool(url)
+                with pytest.raises(BadResponse):
+                    await _get(pool)
+                assert pool.in_use == 0 and pool.idle == 0
+
+    run_on_both_loops(case)
+
+
 def test_time_to_headers_is_bounded() -> None:
     """An upstream that never answers times out; the connection is not reused."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

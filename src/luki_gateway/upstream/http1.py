@@ -35,6 +35,7 @@ import httptools
 from yarl import URL
 
 _HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread body
+_MAX_HEAD_BYTES = 64 * 1024  # an upstream's header block larger than this is refused
 
 
 class ConnectFailed(OSError):
@@ -64,7 +65,7 @@ class Connection(asyncio.Protocol):
         "_complete",
         "_eof_body",
         "_error",
-        "_fields",
+        "_fields", "_head_bytes",
         "_head_waiter",
         "_keep_alive",
         "_parser",
@@ -94,6 +95,7 @@ class Connection(asyncio.Protocol):
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
         self._fields: dict[str, str] = {}  # lower-case name -> last value
+        self._head_bytes = 0
         self._body: list[bytes] = []
         self._buffered = 0
         self._complete = False
@@ -117,8 +119,10 @@ class Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"malformed upstream response: {exc}"))
+        except Exception as exc:  # parser errors, our own refusals, upgrades we never asked
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, BadResponse)
+                       else BadResponse(f"malformed upstream response: {exc!r}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -144,6 +148,9 @@ class Connection(asyncio.Protocol):
         self.reason += reason.decode("latin-1")  # may arrive in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            raise BadResponse("upstream response headers too large")
         text = name.decode("latin-1")
         decoded = value.decode("utf-8", "surrogateescape")
         self.headers.append((text, decoded))
