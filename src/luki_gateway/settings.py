@@ -106,6 +106,10 @@ class UpstreamSettings:
     connect_timeout_s: float = _field(2.0, validators=_positive())
     idle_read_timeout_s: float = _field(60.0, validators=_positive())
     limit_per_host: int = _field(256, validators=_positive())
+    # Idle upstream connections are closed after this long: shorter than the usual server
+    # keep-alive (uvicorn and Node 5 s), so the gateway never writes into a connection the
+    # upstream is closing (a POST cannot be retried safely after that race).
+    keepalive_s: float = _field(4.0, validators=_positive())
     dns_cache_ttl_s: int = _field(60, validators=_non_negative())
     retries: int = _field(2, validators=_non_negative())
     retry_backoff_s: float = _field(0.05, validators=_non_negative())

@@ -105,6 +105,27 @@ def test_keep_alive_reuses_one_connection() -> None:
     run_on_both_loops(case)
 
 
+def test_connections_idle_past_keepalive_are_not_reused() -> None:
+    """A connection idle longer than keepalive_s is closed, never written to again."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_head(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async def case() -> None:
+        async with scripted(serve) as (url, connections):
+            pool = Pool(url, limit=4, connect_timeout_s=2.0, keepalive_s=0.05)
+            assert await _get(pool) == (200, b"ok")
+            assert await _get(pool) == (200, b"ok")  # at once: reused
+            await asyncio.sleep(0.1)
+            assert await _get(pool) == (200, b"ok")  # idle too long: a new connection
+            assert len(connections) == 2
+            pool.close()
+
+    run_on_both_loops(case)
+
+
 def test_interim_1xx_answers_are_skipped() -> None:
     """103 Early Hints before the final answer: the client sees only the final one."""
     serve = replying(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK)

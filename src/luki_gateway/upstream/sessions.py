@@ -26,7 +26,6 @@ from .metrics import UPSTREAM_METRICS, UpstreamMetrics
 # aiohttp would otherwise add its own Accept/Accept-Encoding/User-Agent/Content-Type,
 # changing what the upstream sees (and asking for gzip the client never asked for).
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_KEEPALIVE_S = 30.0  # idle upstream connections are closed after this long
 
 
 @dataclass(slots=True)
@@ -89,7 +88,7 @@ def make_session(cfg: UpstreamSettings) -> aiohttp.ClientSession:
         limit_per_host=cfg.limit_per_host,
         use_dns_cache=cfg.dns_cache_ttl_s > 0,
         ttl_dns_cache=cfg.dns_cache_ttl_s or None,
-        keepalive_timeout=_KEEPALIVE_S,
+        keepalive_timeout=cfg.keepalive_s,
     )
     timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s,
                                     sock_read=cfg.idle_read_timeout_s)
@@ -107,7 +106,7 @@ def make_session(cfg: UpstreamSettings) -> aiohttp.ClientSession:
 def make_pool(base_url: yarl.URL, cfg: UpstreamSettings) -> Pool:
     """The lean keep-alive pool for the proxy's hot path, bounded like the session."""
     return Pool(base_url, limit=cfg.limit_per_host, connect_timeout_s=cfg.connect_timeout_s,
-                keepalive_s=_KEEPALIVE_S, dns_ttl_s=cfg.dns_cache_ttl_s)
+                keepalive_s=cfg.keepalive_s, dns_ttl_s=cfg.dns_cache_ttl_s)
 
 
 def make_breaker(name: str, cfg: UpstreamSettings) -> CircuitBreaker:
