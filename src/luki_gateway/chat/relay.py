@@ -32,7 +32,7 @@ from ..hub.turns import TURNS, Turn
 from ..metrics import REGISTRY
 from ..settings import SETTINGS
 from ..tracing import TraceContext
-from ..upstream.agent import AgentClient, AgentRequest, AgentStream
+from ..upstream.agent import AgentClient, AgentRequest, AgentStream, PendingStream
 from ..upstream.sessions import UPSTREAMS
 from .limits import TurnAllowance
 from .metrics import CHAT_METRICS, ChatMetrics
@@ -130,7 +130,8 @@ class Watchdog:
 class RelayedTurn:
     """A turn and the task relaying it; ``cancel`` ends it with ``done`` cancelled."""
 
-    __slots__ = ("_cancel_reason", "allowance", "app", "request", "task", "turn")
+    __slots__ = ("_cancel_reason", "_pending", "_upstream_start", "allowance", "app",
+                 "request", "task", "turn")
 
     def __init__(self, app: web.Application, turn: Turn, request: TurnRequest,
                  allowance: TurnAllowance) -> None:
@@ -140,6 +141,22 @@ class RelayedTurn:
         self.allowance = allowance
         self._cancel_reason = "client_gone"
         self.task: asyncio.Task[None] | None = None
+        # The agent request written before the task ran (open_turn), or why it failed.
+        self._pending: PendingStream | Exception | None = None
+        self._upstream_start = 0.0
+
+    async def open_upstream(self) -> None:
+        """Write the agent request now, from the caller's task: the agent starts on its
+        answer while the caller prepares the client's response. Never raises a
+        GatewayError: the relay task ends the turn with it instead."""
+        req = self.request
+        try:
+            client = agent_client(self.app)
+            self._upstream_start = asyncio.get_running_loop().time()
+            self._pending = await client.start_stream(
+                req.agent, identity_headers(req, self.turn.turn_id))
+        except Exception as exc:  # the relay task raises it inside its own try
+            self._pending = exc
 
     def cancel(self, reason: str) -> None:
         """Stop the upstream request now; the turn ends with ``done`` ``reason``."""
@@ -174,9 +191,17 @@ class RelayedTurn:
         assert task is not None  # run() is always a task of its own
         watchdog = Watchdog(loop, task, settings.first_token_timeout_s)
         try:
-            client = agent_client(app)
-            upstream_start = time()
-            stream = await client.open_stream(req.agent, identity_headers(req, turn.turn_id))
+            pending, self._pending = self._pending, None
+            if isinstance(pending, Exception):
+                raise pending
+            if pending is None:
+                client = agent_client(app)
+                upstream_start = time()
+                stream = await client.open_stream(req.agent,
+                                                  identity_headers(req, turn.turn_id))
+            else:
+                upstream_start = self._upstream_start
+                stream = await pending.opened()
             read = stream.read
             ended = False
             while not ended:
@@ -256,6 +281,9 @@ class RelayedTurn:
     def ended(self, task: asyncio.Task[None]) -> None:
         """Done callback: a task cancelled before it ever ran still ends its turn."""
         self.app[RELAYS].discard(self)
+        pending, self._pending = self._pending, None
+        if isinstance(pending, PendingStream):
+            pending.abort()
         if not self.turn.finished:
             self.finish(self._cancel_reason, self._counted(0))
             settle = asyncio.ensure_future(self.allowance.settle(0))
@@ -281,17 +309,39 @@ def agent_client(app: web.Application) -> AgentClient:
     return client
 
 
-def start_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowance
-               ) -> RelayedTurn:
-    """Create the turn and start relaying it in its own task."""
+def _new_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowance
+              ) -> RelayedTurn:
     turn = app[TURNS].create(new_turn_id(), request.principal.id)
     relayed = RelayedTurn(app, turn, request, allowance)
     turn.abandon = lambda: relayed.cancel("client_gone")
-    relays = app[RELAYS]
-    relays.add(relayed)
-    task = asyncio.create_task(relayed.run(), name=f"chat-turn-{turn.turn_id}")
+    app[RELAYS].add(relayed)
+    return relayed
+
+
+def _run(relayed: RelayedTurn) -> None:
+    task = asyncio.create_task(relayed.run(), name=f"chat-turn-{relayed.turn.turn_id}")
     task.add_done_callback(relayed.ended)
     relayed.task = task
+
+
+def start_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowance
+               ) -> RelayedTurn:
+    """Create the turn and start relaying it in its own task."""
+    relayed = _new_turn(app, request, allowance)
+    _run(relayed)
+    return relayed
+
+
+async def open_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowance
+                    ) -> RelayedTurn:
+    """:func:`start_turn`, with the agent request written before this returns (with an
+    idle pooled connection, without a task switch): the caller's own work (the SSE head)
+    then overlaps the agent's, which shortens the time to the first token."""
+    relayed = _new_turn(app, request, allowance)
+    try:
+        await relayed.open_upstream()
+    finally:
+        _run(relayed)  # even when interrupted: the task ends the turn and its request
     return relayed
 
 

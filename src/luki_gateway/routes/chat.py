@@ -22,8 +22,8 @@ from ..chat.relay import (
     identity_headers,
     json_data,
     new_turn_id,
+    open_turn,
     relays_ctx,
-    start_turn,
     stop_relays,
 )
 from ..chat.schema import chat_schema, plain_chat_body
@@ -112,11 +112,9 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     agent = await _agent_request(request)
     agent_client(app)  # no agent configured: a plain 503 before the stream starts
     allowance = await TurnAllowance.acquire(app, principal)
-    relayed = start_turn(app, TurnRequest(principal, trace_of(request), "sse", agent,
-                                          received), allowance)
-    # Let the relay task send the upstream request before this one writes the SSE head:
-    # the agent starts its answer while the response is being prepared.
-    await asyncio.sleep(0)
+    # The agent request is written first; the SSE head is prepared while the agent works.
+    relayed = await open_turn(app, TurnRequest(principal, trace_of(request), "sse", agent,
+                                               received), allowance)
     return await _relay(request, relayed.turn, 0)
 
 

@@ -451,9 +451,10 @@ class AgentClient:
         _record(self.breaker, True)
         return reply
 
-    async def open_stream(self, turn: AgentRequest, headers: Mapping[str, str]) -> AgentStream:
-        """Send the streamed request on a pooled connection and wait for the answer's head
-        (the caller bounds that wait: no timeout here but the connect timeout)."""
+    async def start_stream(self, turn: AgentRequest, headers: Mapping[str, str]
+                           ) -> PendingStream:
+        """Write the streamed request on a pooled connection now (no wait for the answer
+        when an idle connection is at hand); :meth:`PendingStream.opened` waits for it."""
         pool = self.pool
         if pool is None:
             raise DownstreamUnavailable(details={"upstream": "agent"})
@@ -469,18 +470,58 @@ class AgentClient:
             _record(self.breaker, False)
             raise DownstreamUnavailable() from None
         try:
-            await conn.send(head, body, None)
+            answered = conn.send(head, body, None)
         except BaseException as exc:
             pool.release(conn)  # incomplete: closed, never reused
             if isinstance(exc, _BROKEN):
                 _record(self.breaker, False)
                 raise DownstreamUnavailable() from None
             raise
+        return PendingStream(pool, conn, answered, dialect, self.breaker)
+
+    async def open_stream(self, turn: AgentRequest, headers: Mapping[str, str]) -> AgentStream:
+        """Send the streamed request and wait for the answer's head (the caller bounds
+        that wait: no timeout here but the connect timeout)."""
+        return await (await self.start_stream(turn, headers)).opened()
+
+
+class PendingStream:
+    """A streamed request written to the agent, its answer not yet read: :meth:`opened`
+    once, or :meth:`abort`."""
+
+    __slots__ = ("_answered", "_breaker", "_conn", "_dialect", "_pool")
+
+    def __init__(self, pool: Pool, conn: Connection, answered: asyncio.Future[None],
+                 dialect: Dialect, breaker: CircuitBreaker | None) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._answered = answered
+        self._dialect = dialect
+        self._breaker = breaker
+
+    async def opened(self) -> AgentStream:
+        """Wait for the answer's head: the stream, or DownstreamUnavailable/DownstreamError."""
+        pool, conn, breaker = self._pool, self._conn, self._breaker
+        try:
+            await self._answered
+        except BaseException as exc:
+            pool.release(conn)  # incomplete: closed, never reused
+            if isinstance(exc, _BROKEN):
+                _record(breaker, False)
+                raise DownstreamUnavailable() from None
+            raise
         status = conn.status
         if status >= 400:
             pool.release(conn)
-            _record(self.breaker, status < 500)
+            _record(breaker, status < 500)
             if status == 503:
                 raise DownstreamUnavailable(details={"upstream_status": status})
             raise DownstreamError(details={"upstream_status": status})
-        return AgentStream(pool, conn, dialect, self.breaker)
+        return AgentStream(pool, conn, self._dialect, breaker)
+
+    def abort(self) -> None:
+        """Drop the request unread (the connection is closed, the agent sees a cancel)."""
+        answered = self._answered
+        if answered.done() and not answered.cancelled():
+            answered.exception()  # retrieved: no "never retrieved" warning
+        self._pool.release(self._conn)
