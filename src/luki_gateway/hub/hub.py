@@ -92,8 +92,9 @@ class Hub:
             return
         gauge = self.metrics.ws_connections if sub.kind == "ws" else self.metrics.sse_connections
         gauge.dec()
-        for channel in list(sub.channels):
-            self._remove(sub, channel)
+        if sub.subscribed:
+            for channel in list(sub.channels):
+                self._remove(sub, channel)
 
     # -- subscriptions ---------------------------------------------------------------------
 

@@ -52,9 +52,8 @@ def new_connection_id() -> str:
 class Subscriber:
     """One client connection as the hub sees it (transport-specific parts in subclasses)."""
 
-    __slots__ = ("_close_callbacks", "_gaps", "_queue", "_queued_bytes", "_writer",
-                 "channels", "closed", "connection_id", "hub", "principal", "protocol",
-                 "transport")
+    __slots__ = ("_channels", "_close_callbacks", "_gaps", "_queue", "_queued_bytes", "_writer",
+                 "closed", "connection_id", "hub", "principal", "protocol", "transport")
 
     kind: Transport = "ws"
 
@@ -66,13 +65,28 @@ class Subscriber:
         self.protocol = protocol
         self.connection_id = new_connection_id()
         self.closed = False
-        # channel -> last event id sent (tracked by SSE only, for its Last-Event-ID)
-        self.channels: dict[str, str] = {}
+        self._channels: dict[str, str] | None = None
         self._queue: deque[tuple[str | None, str, bytes]] | None = None
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._gaps: dict[str, str] | None = None
         self._close_callbacks: list[Callable[[], Awaitable[None]]] | None = None
+
+    @property
+    def channels(self) -> dict[str, str]:
+        """Channel -> last event id sent (tracked by SSE only, for its Last-Event-ID).
+
+        Made on first use: a socket that never subscribes keeps no dict.
+        """
+        found = self._channels
+        if found is None:
+            found = self._channels = {}
+        return found
+
+    @property
+    def subscribed(self) -> bool:
+        """True when the connection holds at least one subscription."""
+        return bool(self._channels)
 
     # -- what transports encode differently ------------------------------------------------
 
