@@ -67,3 +67,18 @@ async def test_agent_connection_is_reused_across_turns(upstream: Callable[..., A
         assert [e.event for e in await read_events(resp)] == ["token"] * 3 + ["done"]
     assert len(peers) == 3
     assert len(set(peers)) == 1
+
+
+async def test_finished_turn_keeps_only_its_events(start_agent: Callable[..., Any],
+                                                   chat_gateway: Callable[..., Any]) -> None:
+    """A turn kept for resumes after its end holds no listener and no relay."""
+    from luki_gateway.hub.turns import TURNS
+
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    assert [e.event for e in await read_events(resp)] == ["token", "token", "done"]
+    turn = client.server.app[TURNS].local(resp.headers["X-LUKi-Turn-Id"])
+    assert turn is not None and turn.finished
+    assert [e.event for e in turn.events] == ["token", "token", "done"]
+    assert turn.listeners == [] and turn.abandon is None

@@ -151,6 +151,9 @@ class Turn:
         if event in TERMINAL:
             self.finished = True
             self._stop_grace()
+            # Kept for resumes as its events only: no listener or relay stays reachable.
+            self.listeners = []
+            self.abandon = None
             registry.finish(self)
         return item
 
