@@ -215,9 +215,9 @@ class Hub:
                 sse += 1
         metrics = self.metrics
         if ws:
-            metrics.delivered.labels("ws").inc(ws)
+            metrics.delivered_ws.inc(ws)
         if sse:
-            metrics.delivered.labels("sse").inc(sse)
+            metrics.delivered_sse.inc(sse)
         self.delivered += ws + sse
         metrics.fanout.observe(time.perf_counter() - started)
         return ws + sse

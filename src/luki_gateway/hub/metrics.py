@@ -21,10 +21,16 @@ class HubMetrics:
     slow_consumers: Counter
     queue_depth: Gauge
     fanout: Histogram
+    # delivered{transport}, bound once: fan-out counts every event without a labels() lookup
+    delivered_ws: Counter
+    delivered_sse: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> HubMetrics:
         """Register the hub collectors on ``registry``."""
+        delivered = Counter("luki_hub_events_delivered",
+                            "Events handed to subscriber connections", ["transport"],
+                            registry=registry)
         return cls(
             ws_connections=Gauge("luki_ws_connections", "Open WebSocket connections",
                                  registry=registry),
@@ -32,9 +38,7 @@ class HubMetrics:
                                   registry=registry),
             published=Counter("luki_hub_events_published", "Events published on this process",
                               registry=registry),
-            delivered=Counter("luki_hub_events_delivered",
-                              "Events handed to subscriber connections", ["transport"],
-                              registry=registry),
+            delivered=delivered,
             slow_consumers=Counter("luki_hub_slow_consumers",
                                    "Slow-consumer policy actions taken", ["action"],
                                    registry=registry),
@@ -44,4 +48,6 @@ class HubMetrics:
             fanout=Histogram("luki_hub_fanout_seconds",
                              "Time to hand one event to every local subscriber",
                              buckets=FANOUT_BUCKETS, registry=registry),
+            delivered_ws=delivered.labels("ws"),
+            delivered_sse=delivered.labels("sse"),
         )

@@ -52,8 +52,10 @@ def rate_limit(request: web.Request, access: RouteAccess) -> Awaitable[None] | N
     """
     app = request.app
     settings = app[SETTINGS].ratelimit
+    if not settings.enabled or access.public or not access.rate_limited:
+        return None
     principal = request.get(PRINCIPAL)
-    if not settings.enabled or principal is None or access.public or not access.rate_limited:
+    if principal is None:
         return None
     policies = app[RATE_POLICIES]
     windows = policies.windows_for(principal, client_ip(request, policies.trusted))
