@@ -90,3 +90,29 @@ async def test_client_gone_mid_request_is_499(
     assert [line["status"] for line in slow_lines()] == [499]
     text = await (await client.get("/metrics")).text()
     assert 'route="/test/slow",status="499"' in text
+
+
+async def test_redirects_pass_through_and_are_counted(
+        serve_app: Callable[..., Any], make_settings: Callable[..., Settings]) -> None:
+    """An aiohttp redirect raised by a handler is the answer (not an error) and counted so."""
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/healthz")
+
+    async def awaitable_handler(request: web.Request) -> web.Response:
+        future: asyncio.Future[web.Response] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(future.set_result, web.Response(text="later"))
+        return await future
+
+    app = create_app(make_settings())
+    declare(app, app.router.add_get("/test/moved", moved), PUBLIC)
+    declare(app, app.router.add_get("/test/later", awaitable_handler), PUBLIC)
+    client = await serve_app(app)
+    resp = await client.get("/test/moved", allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/healthz"
+    assert resp.headers["X-Request-ID"]
+    resp = await client.get("/test/later")
+    assert resp.status == 200 and await resp.text() == "later"
+    text = await (await client.get("/metrics")).text()
+    assert 'route="/test/moved",status="302"' in text
+    assert 'route="/test/later",status="200"' in text
