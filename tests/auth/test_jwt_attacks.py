@@ -3,6 +3,7 @@ handler runs. Positive controls show the same keys accept honest tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +184,20 @@ async def test_time_claims(rs_gateway: Callable[..., Any], pairs: dict[str, KeyP
     await assert_refused(p, rs.sign({"sub": "a", "exp": now + 86400, "iat": now + 3600}))
     # within the 30 s leeway: accepted
     await assert_accepted(p, rs.sign({"sub": "a", "scope": "chat:write", "exp": now - 10}))
+
+
+async def test_remembered_token_still_expires(rs_gateway: Callable[..., Any],
+                                              pairs: dict[str, KeyPair]) -> None:
+    """A token accepted (and remembered: its signature is not re-checked) is refused once
+    its exp has passed, as a fresh one would be."""
+    p: Probe = await rs_gateway(jwt_leeway_s=0)
+    token = pairs["RS256"].sign({"sub": "a", "scope": "chat:write",
+                                 "exp": time.time() + 1.0})
+    await assert_accepted(p, token)
+    await assert_accepted(p, token)  # remembered
+    await asyncio.sleep(1.2)
+    body = await assert_refused(p, token)
+    assert "expired" in body["error"]["message"]
 
 
 async def test_missing_exp_or_sub(rs_gateway: Callable[..., Any],

@@ -84,9 +84,15 @@ class Authenticator:
         """A stream ticket for ``principal`` and its lifetime in seconds."""
         return self._tickets.mint(principal)
 
-    def known_api_key(self, key: str) -> Principal | None:
-        """The principal of an API key already verified whose record the store still holds
-        unchanged and active, without any I/O; None means: verify it the full way."""
+    def known(self, token: str) -> Principal | None:
+        """The principal of a credential verified before and still good, without any I/O
+        (an API key whose record the store holds unchanged and active, or a JWT verified
+        recently and in date); None means: verify it the full way."""
+        if token.startswith("sk_"):
+            return self._known_api_key(token)
+        return self._verifier.known(token)
+
+    def _known_api_key(self, key: str) -> Principal | None:
         key_hash = self._hashes.get(key)
         if key_hash is None:
             return None
@@ -121,6 +127,9 @@ class Authenticator:
             if service is not None:
                 return service
         if token.count(".") == 2:
+            known = self._verifier.known(token)
+            if known is not None:
+                return known
             return await self._verifier.verify(token)
         raise AuthFailure("unknown_key" if self._services else "malformed",
                           "credentials not recognised")

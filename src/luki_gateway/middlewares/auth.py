@@ -60,11 +60,11 @@ def _check_query(request: web.Request, access: RouteAccess,
 
 
 def _known(request: web.Request, authenticator: Authenticator) -> Principal | None:
-    """The principal of a bearer API key verified before and unchanged, without I/O."""
+    """The principal of a bearer credential verified before and still good, without I/O."""
     header = request.headers.get("Authorization")
-    if header is None or not header.startswith("Bearer sk_"):
+    if header is None or not header.startswith("Bearer "):
         return None
-    return authenticator.known_api_key(header[7:].strip())
+    return authenticator.known(header[7:].strip())
 
 
 async def _resolve(request: web.Request, access: RouteAccess,
