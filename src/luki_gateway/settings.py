@@ -105,7 +105,7 @@ class UpstreamSettings:
     timeout_s: float = _field(30.0, env="UPSTREAM_TIMEOUT_S", validators=_positive())
     connect_timeout_s: float = _field(2.0, validators=_positive())
     idle_read_timeout_s: float = _field(60.0, validators=_positive())
-    limit_per_host: int = _field(256, validators=_positive())
+    limit_per_host: int = _field(1024, validators=_positive())
     # Idle upstream connections are closed after this long: shorter than the usual server
     # keep-alive (uvicorn and Node 5 s), so the gateway never writes into a connection the
     # upstream is closing (a POST cannot be retried safely after that race).
