@@ -160,3 +160,18 @@ def test_port_taken_stops_with_one_line_per_process(workers: str, message: str) 
     assert "address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "worker listening" not in proc.stderr
+
+
+async def test_startup_objects_are_frozen_out_of_the_collector() -> None:
+    """After start-up the worker freezes what exists, so full collections skip it."""
+    import gc
+
+    from aiohttp import web
+
+    from luki_gateway.serving import _freeze_startup_objects
+
+    try:
+        await _freeze_startup_objects(web.Application())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
