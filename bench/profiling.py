@@ -60,6 +60,12 @@ def self_by_package(collapsed: str) -> list[tuple[str, float]]:
     return [(pkg, n / total) for pkg, n in own.most_common(15)] if total else []
 
 
+def _py_spy() -> str:
+    """py-spy beside this interpreter (the virtualenv's bin/, often not on PATH), else PATH's."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
+
+
 async def _load_proxy(ctx: Context, name: str, seconds: float) -> tuple[Server, str]:
     from .scenarios import proxy
 
@@ -68,7 +74,7 @@ async def _load_proxy(ctx: Context, name: str, seconds: float) -> tuple[Server, 
     t = await proxy.start_contender(name, ctx, upstream, redis)
     out = tempfile.mktemp(suffix=".txt")
     spy = await asyncio.create_subprocess_exec(
-        "py-spy", "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
+        _py_spy(), "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
         str(int(seconds)), "-o", out, "-p", str(t.server.pid),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
@@ -94,7 +100,7 @@ async def _load_chat(ctx: Context, name: str, seconds: float) -> tuple[Server, s
     assert relay.server is not None
     out = tempfile.mktemp(suffix=".txt")
     spy = await asyncio.create_subprocess_exec(
-        "py-spy", "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
+        _py_spy(), "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
         str(int(seconds)), "-o", out, "-p", str(relay.server.pid),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
@@ -116,8 +122,9 @@ def _consume(path: Path) -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     """Load, sample, print."""
-    if shutil.which("py-spy") is None:
-        print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
+    if shutil.which(_py_spy()) is None:
+        print("py-spy is not installed (make bench installs it: pip install py-spy)",
+              file=sys.stderr)
         return 1
     ctx = Context.create(QUICK)
     loader = _load_proxy if args.scenario == "proxy" else _load_chat

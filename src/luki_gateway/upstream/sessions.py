@@ -1,8 +1,9 @@
 """One persistent ClientSession and one lean keep-alive pool per upstream, and a breaker.
 
 Both are opened in a cleanup context and closed at shutdown; nothing ever opens a session
-or a connection per request. The proxy's hot path uses the lean pool (upstream/http1.py);
-streamed uploads, HEAD, health probes and the chat relay use the aiohttp session. Bodies
+or a connection per request. The proxy's hot path and the chat relay's agent streams use
+the lean pool (upstream/http1.py); streamed uploads, HEAD, health probes and the sync chat
+call use the aiohttp session. Bodies
 pass through untouched (``auto_decompress=False``) and no cookies are kept (a shared
 session must never carry one client's cookie to another).
 """
