@@ -23,6 +23,7 @@ from .subscriber import Subscriber
 if TYPE_CHECKING:
     from aiohttp.base_protocol import BaseProtocol
 
+    from ..ratelimit.leases import Lease
     from .hub import Hub
 
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -47,15 +48,19 @@ def parse_last_event_id(raw: str, channels: list[str]) -> dict[str, str]:
 class SseStream(Subscriber):
     """One event stream; writes go straight to the transport as HTTP chunks."""
 
-    __slots__ = ("_ended", "chunked", "single")
+    __slots__ = ("_ended", "chunked", "previous_send_timeout", "single")
 
     kind = "sse"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
-                 protocol: BaseProtocol, *, chunked: bool, single: bool) -> None:
-        super().__init__(hub, principal, transport, protocol)
+                 protocol: BaseProtocol, *, chunked: bool, single: bool,
+                 lease: Lease | None = None, previous_send_timeout: int | None = None
+                 ) -> None:
+        super().__init__(hub, principal, transport, protocol, lease)
         self.chunked = chunked
         self.single = single
+        # The socket's TCP_USER_TIMEOUT before the stream (ms), restored at its end.
+        self.previous_send_timeout = previous_send_timeout
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def wait_closed(self) -> asyncio.Future[None]:

@@ -27,6 +27,7 @@ from .event import Event
 if TYPE_CHECKING:
     from aiohttp.base_protocol import BaseProtocol
 
+    from ..ratelimit.leases import Lease
     from .hub import Hub
 
 Transport = Literal["ws", "sse"]
@@ -53,14 +54,17 @@ class Subscriber:
     """One client connection as the hub sees it (transport-specific parts in subclasses)."""
 
     __slots__ = ("_channels", "_close_callbacks", "_gaps", "_queue", "_queued_bytes", "_writer",
-                 "closed", "connection_id", "hub", "principal", "protocol", "transport")
+                 "closed", "connection_id", "hub", "lease", "principal", "protocol",
+                 "transport")
 
     kind: Transport = "ws"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
-                 protocol: BaseProtocol) -> None:
+                 protocol: BaseProtocol, lease: Lease | None = None) -> None:
         self.hub = hub
         self.principal = principal
+        # The stream lease this connection holds; its handler releases it at the end.
+        self.lease = lease
         self.transport = transport
         self.protocol = protocol
         self.connection_id = new_connection_id()

@@ -33,17 +33,15 @@ def close_frame(code: int) -> bytes:
 class WsSubscriber(Subscriber):
     """One ``/v1/ws`` socket: JSON messages out through the subscriber queue."""
 
-    __slots__ = ("awaiting_pong", "lease", "malformed")
+    __slots__ = ("awaiting_pong", "malformed")
 
     kind = "ws"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
                  protocol: BaseProtocol, lease: Lease | None = None) -> None:
-        super().__init__(hub, principal, transport, protocol)
+        super().__init__(hub, principal, transport, protocol, lease)
         self.awaiting_pong = False
         self.malformed = 0  # bad client messages so far (closed 1008 past the budget)
-        # The stream lease this socket holds; its handler releases it at the end.
-        self.lease = lease
 
     def frame_of(self, event: Event) -> bytes:
         """The event's shared text frame."""

@@ -14,7 +14,7 @@ from ..errors import PayloadTooLarge, Unauthenticated, ValidationFailed
 from ..hub.channels import publish_refusal, subscribe_refusal, validate_channel
 from ..hub.hub import HUB, close_streams
 from ..hub.sse_stream import SseStream, parse_last_event_id
-from ..ratelimit.leases import LEASES
+from ..ratelimit.leases import LEASES, Lease
 from ..settings import SETTINGS
 from ..validation import load, parse_json, read_body
 from .access import RouteAccess, declare
@@ -90,9 +90,26 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def subscribe_sse(request: web.Request) -> web.StreamResponse:
-    """SSE stream of one or more channels; resumes after ``Last-Event-ID``/``last_event_id``."""
-    app = request.app
-    settings = app[SETTINGS].hub
+    """SSE stream of one or more channels; resumes after ``Last-Event-ID``/``last_event_id``.
+
+    This coroutine lives as long as the stream and its frame is paid per idle connection:
+    checks and set-up run in ``_open`` (their locals gone once done), the wait inline.
+    """
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    stream = await _open(request, response)
+    if stream is not None:
+        try:
+            await stream.wait_closed()
+        finally:
+            stream.close()
+            await stream.run_close_callbacks()
+            await _release(request, stream.lease, stream.previous_send_timeout)
+    return response
+
+
+def _checked(request: web.Request) -> tuple[Principal, list[str], dict[str, str]]:
+    """The caller, the channels it may subscribe to and where to resume each; or raise."""
+    settings = request.app[SETTINGS].hub
     channels = list(dict.fromkeys(request.query.getall("channel", [])))
     if not channels:
         raise ValidationFailed("at least one channel query parameter is required")
@@ -111,13 +128,7 @@ async def subscribe_sse(request: web.Request) -> web.StreamResponse:
     resume = parse_last_event_id(raw_last, channels)
     if raw_last.strip() and not resume:
         raise ValidationFailed("Last-Event-ID is not an event id of these channels")
-
-    lease = await app[LEASES].acquire(principal, "sse") if LEASES in app else None
-    try:
-        return await _stream(request, principal, channels, resume)
-    finally:
-        if lease is not None:
-            await lease.release()
+    return principal, channels, resume
 
 
 def _send_timeout(request: web.Request, milliseconds: int) -> int | None:
@@ -135,24 +146,39 @@ def _send_timeout(request: web.Request, milliseconds: int) -> int | None:
     return previous
 
 
-async def _stream(request: web.Request, principal: Principal, channels: list[str],
-                  resume: dict[str, str]) -> web.StreamResponse:
-    """Prepare the event stream, replay what was asked for, then stay live until closed."""
-    settings = request.app[SETTINGS].hub
-    hub = request.app[HUB]
-    response = web.StreamResponse(headers=_SSE_HEADERS)
-    previous_timeout = _send_timeout(request, SEND_TIMEOUT_S * 1000)
-    await response.prepare(request)
-    # Sent: the headers need not live as long as the stream.
-    response.headers.clear()
-    await response.write(b"retry: %d\n\n" % settings.sse_retry_ms)
-    transport = request.transport
-    if transport is None:
-        return response
-    stream = SseStream(hub, principal, transport, request.protocol,
-                       chunked=request.version >= HttpVersion11, single=len(channels) == 1)
-    hub.register(stream)
+async def _release(request: web.Request, lease: Lease | None,
+                   previous_send_timeout: int | None) -> None:
+    if previous_send_timeout is not None:
+        _send_timeout(request, previous_send_timeout)
+    if lease is not None:
+        await lease.release()
+
+
+async def _open(request: web.Request, response: web.StreamResponse) -> SseStream | None:
+    """Check, take a lease, prepare the stream and replay what was asked for.
+
+    The registered stream, or None when the client left during set-up.
+    """
+    principal, channels, resume = _checked(request)
+    app = request.app
+    hub = app[HUB]
+    lease = await app[LEASES].acquire(principal, "sse") if LEASES in app else None
+    previous_timeout: int | None = None
+    stream: SseStream | None = None
     try:
+        previous_timeout = _send_timeout(request, SEND_TIMEOUT_S * 1000)
+        await response.prepare(request)
+        # Sent: the headers need not live as long as the stream.
+        response.headers.clear()
+        await response.write(b"retry: %d\n\n" % hub.settings.sse_retry_ms)
+        transport = request.transport
+        if transport is None:
+            await _release(request, lease, previous_timeout)
+            return None
+        stream = SseStream(hub, principal, transport, request.protocol,
+                           chunked=request.version >= HttpVersion11, single=len(channels) == 1,
+                           lease=lease, previous_send_timeout=previous_timeout)
+        hub.register(stream)
         for channel in channels:
             last_id = resume.get(channel)
             if last_id is None:
@@ -160,13 +186,13 @@ async def _stream(request: web.Request, principal: Principal, channels: list[str
             else:
                 stream.channels[channel] = last_id
                 await hub.subscribe_from(stream, channel, last_id)
-        await stream.wait_closed()
-    finally:
-        stream.close()
-        await stream.run_close_callbacks()
-        if previous_timeout is not None:
-            _send_timeout(request, previous_timeout)
-    return response
+    except BaseException:
+        if stream is not None:
+            stream.close()
+            await stream.run_close_callbacks()
+        await _release(request, lease, previous_timeout)
+        raise
+    return stream
 
 
 def setup(app: web.Application) -> None:
