@@ -51,19 +51,27 @@ log = structlog.get_logger("luki.ratelimit")
 
 
 class Lease:
-    """One open stream's claim on its principal's cap; release it when the stream ends."""
+    """One open stream's claim on its principal's cap; release it when the stream ends.
 
-    __slots__ = ("_owner", "key", "kind", "member", "released", "stored")
+    A lease that is only counted here (unlimited, anonymous, or failed open) carries no
+    key or member strings: an idle stream holding it costs its few slots and no more.
+    """
 
-    def __init__(self, owner: StreamLeases, kind: str, key: str, member: str,
-                 stored: bool) -> None:
+    __slots__ = ("_owner", "key", "kind", "member", "owner_id", "released")
+
+    def __init__(self, owner: StreamLeases, kind: str, owner_id: str, key: str | None,
+                 member: str | None) -> None:
         self._owner = owner
         self.kind = kind
+        self.owner_id = owner_id
         self.key = key
         self.member = member
-        # False when the lease is only counted here (unlimited, anonymous, or failed open).
-        self.stored = stored
         self.released = False
+
+    @property
+    def stored(self) -> bool:
+        """True when the lease is held in the store (counted across processes)."""
+        return self.member is not None
 
     async def release(self) -> None:
         """Give the slot back now (safe to call twice, and from a cancelled task's finally)."""
@@ -91,7 +99,11 @@ class StreamLeases:
         self.metrics = metrics
         self.ttl_ms = max(1, int(settings.lease_ttl_s * 1000))
         self.errors = ErrorLog("leases")
+        # Leases in the store, by member (the heartbeat refreshes them) ...
         self._held: dict[str, Lease] = {}
+        # ... and every lease of this process, counted per (group, principal id).
+        self._counts: dict[tuple[str, str], int] = {}
+        self._total = 0
         self._tag = os.urandom(6).hex()
         self._seq = itertools.count()
 
@@ -111,10 +123,12 @@ class StreamLeases:
             raise ValueError(f"unknown lease kind {kind!r}")
         group = LEASE_GROUPS[kind]
         limit = self.limit_for(kind)
-        key = self.key_for(principal, group)
-        member = f"{self._tag}:{next(self._seq)}:{kind}"
         stored = bool(limit) and principal.kind != "anonymous"
+        key: str | None = None
+        member: str | None = None
         if stored:
+            key = self.key_for(principal, group)
+            member = f"{self._tag}:{next(self._seq)}:{kind}"
             try:
                 granted = await self.store.acquire(key, member, limit, self.ttl_ms)
             except BackendUnavailable as exc:
@@ -125,7 +139,7 @@ class StreamLeases:
                         "stream lease store unavailable",
                         details={"reason": "lease_store_unavailable"},
                         headers={"Retry-After": "1"}) from None
-                stored = False
+                key = member = None
             else:
                 if not granted:
                     self._count("rejected", group)
@@ -135,8 +149,12 @@ class StreamLeases:
                         details={"kind": "concurrency", "stream_kind": kind, "group": group,
                                  "limit": limit})
                 self._count("allowed", group)
-        lease = Lease(self, kind, key, member, stored)
-        self._held[member] = lease
+        lease = Lease(self, kind, principal.id, key, member)
+        if member is not None:
+            self._held[member] = lease
+        count_key = (group, principal.id)
+        self._counts[count_key] = self._counts.get(count_key, 0) + 1
+        self._total += 1
         if self.metrics is not None:
             self.metrics.leases.labels(kind).inc()
         return lease
@@ -147,11 +165,18 @@ class StreamLeases:
 
     async def forget(self, lease: Lease) -> None:
         """Drop ``lease`` locally and from the store (called by Lease.release)."""
-        if self._held.pop(lease.member, None) is None:
-            return
+        if lease.member is not None and self._held.pop(lease.member, None) is None:
+            return  # released already (shutdown's release_all)
+        count_key = (LEASE_GROUPS[lease.kind], lease.owner_id)
+        left = self._counts.get(count_key, 0) - 1
+        if left > 0:
+            self._counts[count_key] = left
+        else:
+            self._counts.pop(count_key, None)
+        self._total -= 1
         if self.metrics is not None:
             self.metrics.leases.labels(lease.kind).dec()
-        if lease.stored:
+        if lease.key is not None and lease.member is not None:
             try:
                 # Shielded: a release from a cancelled handler still reaches Redis.
                 await asyncio.shield(self.store.release(lease.key, lease.member))
@@ -160,8 +185,7 @@ class StreamLeases:
 
     def held_here(self, principal: Principal, group: str) -> int:
         """Leases of ``group`` this process holds for ``principal``."""
-        key = self.key_for(principal, group)
-        return sum(1 for lease in self._held.values() if lease.key == key)
+        return self._counts.get((group, principal.id), 0)
 
     async def open_count(self, principal: Principal, group: str) -> int:
         """Open leases of ``group`` for ``principal`` across all processes (this one if the
@@ -174,11 +198,12 @@ class StreamLeases:
     @property
     def held(self) -> int:
         """Leases held by this process."""
-        return len(self._held)
+        return self._total
 
     async def refresh(self) -> None:
         """One heartbeat: extend every stored lease this process holds, in one round trip."""
-        items = [(lease.key, lease.member) for lease in self._held.values() if lease.stored]
+        items = [(lease.key, lease.member) for lease in self._held.values()
+                 if lease.key is not None and lease.member is not None]
         if not items:
             return
         try:
@@ -197,7 +222,7 @@ class StreamLeases:
                 log.exception("lease heartbeat failed")
 
     async def release_all(self) -> None:
-        """Give back every lease still held (shutdown), together in one round trip."""
+        """Give back every stored lease still held (shutdown), together in one round trip."""
         leases = list(self._held.values())
         await asyncio.gather(*(lease.release() for lease in leases), return_exceptions=True)
 
