@@ -121,8 +121,9 @@ def _memory(result: dict[str, Any]) -> list[str]:
         s = c["summary"]
         rows.append([f"`{c['name']}` {c['label']}", *[_f(per.get(lv)) for lv in levels],
                      _f(s.get("extra_kb_over_bare")), _x(s.get("ratio_to_naive"))])
+    notes = " ".join(result.get("notes", []))
     return ["RSS growth of the server process divided by the open idle connections "
-            "(KB per connection; 1 KB = 1024 bytes).", "", *_table(
+            f"(KB per connection; 1 KB = 1024 bytes). {notes}".rstrip(), "", *_table(
         ["server", *[f"KB/conn @{lv}" for lv in levels], "KB over bare @top", "vs naive"],
         rows)]
 
