@@ -118,7 +118,13 @@ def test_connections_idle_past_keepalive_are_not_reused() -> None:
             pool = Pool(url, limit=4, connect_timeout_s=2.0, keepalive_s=0.05)
             assert await _get(pool) == (200, b"ok")
             assert await _get(pool) == (200, b"ok")  # at once: reused
+            taken = pool.take_idle()  # the no-wait path hands out the same fresh one
+            assert taken is not None and pool.in_use == 1
+            pool.release(taken)  # given back unused: still good
+            assert pool.idle == 1
+            assert await _get(pool) == (200, b"ok")
             await asyncio.sleep(0.1)
+            assert pool.take_idle() is None  # idle too long: only acquire() replaces it
             assert await _get(pool) == (200, b"ok")  # idle too long: a new connection
             assert len(connections) == 2
             pool.close()

@@ -344,6 +344,19 @@ class Pool:
         """Open connections waiting in the pool."""
         return len(self._idle)
 
+    def take_idle(self) -> Connection | None:
+        """A fresh idle connection at once, when one is free and nobody waits; else None
+        (then ``await acquire()``)."""
+        idle = self._idle
+        if not idle or self._waiters or len(self._in_use) >= self._limit:
+            return None
+        conn = idle[-1]
+        if conn.closed or time.monotonic() - conn.idle_since > self._keepalive_s:
+            return None  # acquire() drops it
+        idle.pop()
+        self._in_use.add(conn)
+        return conn
+
     async def acquire(self) -> Connection:
         """A connected, idle connection: reused when one is fresh, else a new one."""
         if self._closed:

@@ -169,7 +169,11 @@ def _is_stream(resp: aiohttp.ClientResponse, small: int) -> bool:
 
 async def forward(request: web.Request, route: Route, config: ProxyConfig
                   ) -> web.StreamResponse:
-    """Proxy ``request`` along ``route`` to its upstream; the response, or a GatewayError."""
+    """Proxy ``request`` along ``route`` to its upstream; the response, or a GatewayError.
+
+    The hot path (lean pool, retries included) runs in this one coroutine: one frame of
+    ours on the await chain, resumed twice per request at most.
+    """
     upstream = request.app[UPSTREAMS].get(route.upstream)
     method = request.method
     if method not in route.methods:
@@ -179,59 +183,63 @@ async def forward(request: web.Request, route: Route, config: ProxyConfig
     if length is not None and length > route.max_body_bytes:
         raise PayloadTooLarge(details={"max_bytes": route.max_body_bytes})
     headers = request_headers(request, config.policy)
-    upload: _Upload | None = None
-    body: bytes | AsyncIterator[bytes] | None = None
+    body: bytes | None = None
     if request.body_exists:
-        if length is not None and length <= config.small_body_bytes:
-            try:
-                body = await request.read()
-            except ConnectionError:
-                return _client_left(request)
-        else:
+        if length is None or length > config.small_body_bytes:
             upload = _Upload(route.max_body_bytes)
-            body = upload.chunks(request.content)
             if length is not None:
                 headers.append(("Content-Length", str(length)))
+            return await _proxy_session(request, route, upstream, config, target, headers,
+                                        upload.chunks(request.content), upload)
+        try:
+            body = await request.read()
+        except ConnectionError:
+            return _client_left(request)
     elif length == 0:
         body = b""
-    attempts = 1
-    if route.retries and upload is None and method in IDEMPOTENT_METHODS:
-        attempts += config.retries
+    if method == "HEAD":  # aiohttp's client knows a HEAD answer has no body
+        return await _proxy_session(request, route, upstream, config, target, headers,
+                                    body, None)
+    try:
+        head = request_head(method, target, upstream.pool.authority, headers, body)
+    except ValueError:
+        raise ValidationFailed("a header value cannot be forwarded") from None
+    attempts = 1 + config.retries if route.retries and method in IDEMPOTENT_METHODS else 1
     metrics = request.app[UPSTREAM_METRICS]
-    head = b""
-    url: URL | None = None
-    if upload is None and method != "HEAD":
-        # The hot path: the lean HTTP/1.1 pool (whole request bodies, any response shape).
-        try:
-            head = request_head(method, target, upstream.pool.authority, headers,
-                                body if isinstance(body, bytes) else None)
-        except ValueError:
-            raise ValidationFailed("a header value cannot be forwarded") from None
-    else:
-        # Streamed uploads and HEAD: aiohttp's client (it knows HEAD has no body).
-        url = URL(upstream.pool.origin + target, encoded=True)
+    pool = upstream.pool
     for attempt in range(attempts):
-        retry_allowed = attempt < attempts - 1
+        _before_request(upstream, metrics)
+        start = time.perf_counter()
+        conn: Connection | None = None
         try:
-            if url is None:
-                return await _attempt_lean(request, route, upstream, config, metrics, head,
-                                           body if isinstance(body, bytes) else None,
-                                           retry_allowed)
-            return await _attempt_session(request, route, upstream, config, metrics, url,
-                                          headers, body, upload, retry_allowed)
-        except _Retry as retry:
-            log.info("upstream retry", upstream=upstream.name, attempt=attempt + 1,
-                     kind=retry.kind)
+            conn = pool.take_idle() or await pool.acquire()
+            await conn.send(head, body, route.timeout_s)
+            streaming = _lean_is_stream(conn, config.small_body_bytes)
+            data = b""
+            if not streaming:
+                data = conn.body_so_far() if conn.complete else await conn.read(route.timeout_s)
+                pool.release(conn)
+        except _UPSTREAM_FAILED as exc:
+            if conn is not None:
+                pool.release(conn)  # not complete: closed, never reused
+            error = _failed(upstream, metrics, exc, attempt < attempts - 1)
+            if error is not None:
+                raise error from None
             await asyncio.sleep(_backoff(config.backoff_s, attempt))
+            continue
+        except BaseException:
+            if conn is not None:
+                pool.release(conn)
+            raise
+        status = conn.status
+        _answered(upstream, metrics, status, start)
+        out_headers = response_headers(conn.headers)
+        if not streaming:
+            response = web.Response(status=status, reason=conn.reason or None, body=data)
+            response.headers.extend(out_headers)  # one copy (headers= would make two)
+            return response
+        return await _relay_lean(request, conn, out_headers, config, upstream, metrics)
     raise AssertionError("unreachable: the last attempt never retries")
-
-
-class _Retry(Exception):
-    """The attempt failed before any byte reached the client and may be repeated."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
 
 
 _UPSTREAM_FAILED = (aiohttp.ClientError, TimeoutError, ConnectFailed, UpstreamClosed,
@@ -247,13 +255,14 @@ def _before_request(upstream: Upstream, metrics: UpstreamMetrics) -> None:
 
 
 def _failed(upstream: Upstream, metrics: UpstreamMetrics, exc: BaseException,
-            retry_allowed: bool) -> GatewayError:
-    """Count a failure before the response started; raise _Retry or return the error."""
+            retry_allowed: bool) -> GatewayError | None:
+    """Count a failure before the response started: the error to answer, or None to retry."""
     kind, error, retryable = _classify(exc)
     metrics.errors.labels(upstream.name, kind).inc()
     upstream.breaker.record_failure()
     if retryable and retry_allowed:
-        raise _Retry(kind) from exc
+        log.info("upstream retry", upstream=upstream.name, kind=kind)
+        return None
     log.warning("upstream failed", upstream=upstream.name, kind=kind,
                 error=type(exc).__name__)
     return error
@@ -267,40 +276,37 @@ def _answered(upstream: Upstream, metrics: UpstreamMetrics, status: int, start: 
         upstream.breaker.record_success()
 
 
-async def _attempt_lean(request: web.Request, route: Route, upstream: Upstream,
-                        config: ProxyConfig, metrics: UpstreamMetrics, head: bytes,
-                        body: bytes | None, retry_allowed: bool) -> web.StreamResponse:
-    _before_request(upstream, metrics)
-    pool = upstream.pool
-    start = time.perf_counter()
-    conn: Connection | None = None
-    try:
-        conn = await pool.acquire()
-        await conn.send(head, body, route.timeout_s)
-        streaming = _lean_is_stream(conn, config.small_body_bytes)
-        data = b""
-        if not streaming:
-            data = conn.body_so_far() if conn.complete else await conn.read(route.timeout_s)
-            pool.release(conn)
-    except _UPSTREAM_FAILED as exc:
-        if conn is not None:
-            pool.release(conn)  # not complete: closed, never reused
-        raise _failed(upstream, metrics, exc, retry_allowed) from None
-    except BaseException:
-        if conn is not None:
-            pool.release(conn)
-        raise
-    status = conn.status
-    _answered(upstream, metrics, status, start)
-    headers = response_headers(conn.headers)
-    if not streaming:
-        response = web.Response(status=status, reason=conn.reason or None, body=data)
-        response.headers.extend(headers)  # one copy (headers= would make two)
-        return response
-    idle_s = config.idle_read_timeout_s
-    return await _stream(request, status, conn.reason, headers,
-                         lambda: conn.readany(idle_s), lambda _: pool.release(conn),
-                         upstream, metrics)
+def _relay_lean(request: web.Request, conn: Connection, headers: list[tuple[str, str]],
+                config: ProxyConfig, upstream: Upstream, metrics: UpstreamMetrics
+                ) -> Awaitable[web.StreamResponse]:
+    """Stream the rest of ``conn``'s body to the client; the connection goes back after."""
+    pool, idle_s = upstream.pool, config.idle_read_timeout_s
+    return _stream(request, conn.status, conn.reason, headers,
+                   lambda: conn.readany(idle_s), lambda _: pool.release(conn),
+                   upstream, metrics)
+
+
+async def _proxy_session(request: web.Request, route: Route, upstream: Upstream,
+                         config: ProxyConfig, target: str, headers: list[tuple[str, str]],
+                         body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None
+                         ) -> web.StreamResponse:
+    """Streamed uploads and HEAD, through the upstream's aiohttp session."""
+    url = URL(upstream.pool.origin + target, encoded=True)
+    attempts = 1
+    if route.retries and upload is None and request.method in IDEMPOTENT_METHODS:
+        attempts += config.retries
+    metrics = request.app[UPSTREAM_METRICS]
+    for attempt in range(attempts):
+        try:
+            return await _attempt_session(request, route, upstream, config, metrics, url,
+                                          headers, body, upload, attempt < attempts - 1)
+        except _Retry:
+            await asyncio.sleep(_backoff(config.backoff_s, attempt))
+    raise AssertionError("unreachable: the last attempt never retries")
+
+
+class _Retry(Exception):
+    """The attempt failed before any byte reached the client and may be repeated."""
 
 
 async def _attempt_session(request: web.Request, route: Route, upstream: Upstream,
@@ -326,7 +332,10 @@ async def _attempt_session(request: web.Request, route: Route, upstream: Upstrea
             raise PayloadTooLarge(details={"max_bytes": upload.limit}) from None
         if upload is not None and upload.client_failed:
             return _client_left(request)
-        raise _failed(upstream, metrics, exc, retry_allowed) from None
+        error = _failed(upstream, metrics, exc, retry_allowed)
+        if error is None:
+            raise _Retry() from exc
+        raise error from None
     _answered(upstream, metrics, resp.status, start)
     out_headers = response_headers(resp.headers.items())
     if not streaming:
