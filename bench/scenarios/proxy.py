@@ -248,7 +248,16 @@ def targets(result: ScenarioResult) -> None:
     r1 = ratio(full, naive)
     r2 = ratio(full, fast)
     added = _median(result, "gw-full", "added_p99_s")
+    # The upstream issue's own target: the proxy path with request id, metrics and the
+    # error handling on (auth and limits off) against the naive proxy.
+    r0 = ratio(_median(result, "gw-proxy", "rps"), naive)
+    added0 = _median(result, "gw-proxy", "added_p99_s")
     result.targets = [
+        target("proxy path (request id, metrics, errors) req/s vs naive aiohttp proxy",
+               ">= 1.0x", r0, None if r0 is None else r0 >= 1.0, "x"),
+        target("proxy path added p99 at 1,000 req/s", "<= 2 ms",
+               None if added0 is None else added0 * 1e3,
+               None if added0 is None else added0 <= 0.002, "ms"),
         target("full-stack req/s vs naive aiohttp proxy", ">= 1.0x", r1,
                None if r1 is None else r1 >= 1.0, "x"),
         target("full-stack req/s vs FastAPI+httpx", ">= 12x", r2,
