@@ -54,6 +54,14 @@ async def scripted(script: Script) -> AsyncIterator[tuple[URL, list[int]]]:
         server.close()
 
 
+async def answering_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A keep-alive upstream: answers every request on the connection with OK."""
+    while True:
+        await _read_head(reader)
+        writer.write(OK)
+        await writer.drain()
+
+
 def replying(wire: bytes, *, linger_s: float = 0.0) -> Script:
     """A script that reads one request head, writes ``wire``, waits ``linger_s``, closes."""
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -87,14 +95,8 @@ def run_on_both_loops(case: Callable[[], Awaitable[None]]) -> None:
 
 def test_keep_alive_reuses_one_connection() -> None:
     """Sequential exchanges share one upstream connection; the pool ends idle."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await _read_head(reader)
-            writer.write(OK)
-            await writer.drain()
-
     async def case() -> None:
-        async with scripted(serve) as (url, connections):
+        async with scripted(answering_ok) as (url, connections):
             pool = _pool(url)
             for _ in range(5):
                 assert await _get(pool) == (200, b"ok")
@@ -107,14 +109,8 @@ def test_keep_alive_reuses_one_connection() -> None:
 
 def test_connections_idle_past_keepalive_are_not_reused() -> None:
     """A connection idle longer than keepalive_s is closed, never written to again."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await _read_head(reader)
-            writer.write(OK)
-            await writer.drain()
-
     async def case() -> None:
-        async with scripted(serve) as (url, connections):
+        async with scripted(answering_ok) as (url, connections):
             pool = Pool(url, limit=4, connect_timeout_s=2.0, keepalive_s=0.05)
             assert await _get(pool) == (200, b"ok")
             assert await _get(pool) == (200, b"ok")  # at once: reused
