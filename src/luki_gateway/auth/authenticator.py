@@ -174,10 +174,10 @@ class Authenticator:
         if known is not None and known[0] is record:
             return known[1]  # same stored record (the store's cache): same principal
         principal = Principal(id=f"key:{record.id}", kind="api_key", subject=record.owner,
-                         scopes=self._scope_sets(record.scopes), tenant=record.tenant,
-                         user_id=record.owner, key_env=record.env,
-                         expires_at=record.expires_at, display=record.display,
-                         key_hash=key_hash)
+                              scopes=self._scope_sets(record.scopes), tenant=record.tenant,
+                              user_id=record.owner, key_env=record.env,
+                              expires_at=record.expires_at, display=record.display,
+                              key_hash=key_hash)
         if len(self._principals) >= _PRINCIPAL_CACHE:
             self._principals.clear()  # bounded: a flood of keys cannot grow it
         self._principals[key_hash] = (record, principal)
