@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 INSTALL_HINT = ("redis-server was not found on PATH. The tests start a private one. "
                 "Install it: `apt-get install redis-server` (Debian/Ubuntu), "
@@ -22,6 +24,27 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+_READY = b"Ready to accept connections"
+
+
+def _wait_until_ready(proc: subprocess.Popen[bytes], log: IO[bytes], within_s: float) -> None:
+    """Block until redis-server logs that it accepts connections (its own ready event)."""
+    deadline = time.monotonic() + within_s
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(log, selectors.EVENT_READ)
+        while _READY not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise RuntimeError(f"redis-server did not start within {within_s:.0f} s")
+            chunk = os.read(log.fileno(), 4096)
+            if not chunk:
+                proc.wait()
+                raise RuntimeError(f"redis-server exited with {proc.returncode}: "
+                                   f"{seen[-300:].decode(errors='replace')}")
+            seen = seen[-4096:] + chunk
 
 
 class RedisServer:
@@ -43,26 +66,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start (or restart) the server on the same port and wait until it answers."""
-        self.proc = subprocess.Popen(
+        """Start (or restart) the server on the same port and wait until it is ready."""
+        proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning",
+             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "notice",
              "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = proc
         self.paused = False
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)  # polling a just-started process; no event to wait on
-        raise RuntimeError("redis-server did not start within 10 s")
+        assert proc.stdout is not None
+        try:
+            _wait_until_ready(proc, proc.stdout, within_s=10.0)
+        finally:
+            # redis-server ignores SIGPIPE: its later log lines are simply dropped.
+            proc.stdout.close()
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: as abrupt as a crash)."""
