@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -172,3 +173,12 @@ def bearer(sub: str = "alice", scopes: tuple[str, ...] = ("chat:write",), **kw: 
            ) -> dict[str, str]:
     """Authorization header with a dev JWT for ``sub`` holding ``scopes``."""
     return {"Authorization": f"Bearer {make_token(sub, scopes, **kw)}"}
+
+
+def closed_port_url() -> str:
+    """A URL on a local port nothing listens on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"

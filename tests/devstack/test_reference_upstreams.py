@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from luki_gateway.devstack.engagement import create_engagement_app
 from luki_gateway.devstack.memory import create_memory_app
 from luki_gateway.devstack.reports import create_reports_app
 
-from ..conftest import bearer
+from ..conftest import bearer, closed_port_url
 
 Client = TestClient[Any, Any]
 ALL_SCOPES = ("elr:read", "elr:write", "activities:read", "reports:write", "reports:read",
@@ -32,15 +31,6 @@ async def stack(gateway: Callable[..., Any], upstream: Callable[..., Any]) -> Cl
         "cognitive": await upstream(create_cognitive_app()),
     })
     return client
-
-
-def closed_port_url() -> str:
-    """A URL on a local port nothing listens on."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def auth(sub: str = "alice") -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,8 @@ from aiohttp.test_utils import TestServer
 from luki_gateway.settings import Settings
 from luki_gateway.upstream.health import HealthCascade, verdict
 from luki_gateway.upstream.sessions import UPSTREAMS, build_upstreams
+
+from ..conftest import closed_port_url
 
 NAMES = ("agent", "memory", "cognitive", "engagement", "reports")
 
@@ -66,15 +67,6 @@ async def backends(aiohttp_server: Callable[..., Any]) -> Backends:
     server: TestServer = await aiohttp_server(app)
     state.base = str(server.make_url("")).rstrip("/")
     return state
-
-
-def closed_port_url() -> str:
-    """A URL on a local port nothing listens on."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 async def test_all_up_is_healthy(gateway: Callable[..., Any], backends: Backends) -> None:

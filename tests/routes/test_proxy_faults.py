@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from luki_gateway.settings import Settings
 from luki_gateway.upstream.breaker import CircuitBreaker
 from luki_gateway.upstream.sessions import UPSTREAMS, Upstream
 
+from ..conftest import closed_port_url
 from .proxy_upstream import Control, garbage_server
 
 Client = TestClient[Any, Any]
@@ -55,15 +55,6 @@ async def error_of(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 async def metrics_text(client: Client) -> str:
     """The gateway's /metrics page."""
     return await (await client.get("/metrics")).text()
-
-
-def closed_port_url() -> str:
-    """A URL on a local port nothing listens on."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 async def raw_exchange(client: Client, data: bytes, *, close_after_send: bool = False
