@@ -66,17 +66,23 @@ def _py_spy() -> str:
     return str(beside) if beside.exists() else "py-spy"
 
 
+async def _record(server: Server, seconds: float) -> tuple[asyncio.subprocess.Process, str]:
+    """Start py-spy sampling ``server`` for ``seconds`` (collapsed stacks); its output path."""
+    out = tempfile.mktemp(suffix=".txt")
+    spy = await asyncio.create_subprocess_exec(
+        _py_spy(), "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
+        str(int(seconds)), "-o", out, "-p", str(server.pid),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return spy, out
+
+
 async def _load_proxy(ctx: Context, name: str, seconds: float) -> tuple[Server, str]:
     from .scenarios import proxy
 
     upstream = await proxy.start_upstream(ctx, ctx.load_core)
     redis = await start_server(redis_server(ctx.load_core))
     t = await proxy.start_contender(name, ctx, upstream, redis)
-    out = tempfile.mktemp(suffix=".txt")
-    spy = await asyncio.create_subprocess_exec(
-        _py_spy(), "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
-        str(int(seconds)), "-o", out, "-p", str(t.server.pid),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    spy, out = await _record(t.server, seconds)
     try:
         await proxy.closed_run(ctx, t, seconds + 1, 64)
         await spy.wait()
@@ -98,11 +104,7 @@ async def _load_chat(ctx: Context, name: str, seconds: float) -> tuple[Server, s
         port, ctx.load_core))
     relay = await chat._start(name, ctx, agent)
     assert relay.server is not None
-    out = tempfile.mktemp(suffix=".txt")
-    spy = await asyncio.create_subprocess_exec(
-        _py_spy(), "record", "--format", "raw", "--nonblocking", "-r", "200", "-d",
-        str(int(seconds)), "-o", out, "-p", str(relay.server.pid),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    spy, out = await _record(relay.server, seconds)
     try:
         while spy.returncode is None:
             await concurrent_turns(relay.port, chat.PATH, relay.headers, 200, 30)
