@@ -7,16 +7,31 @@ registry), so each app, and each test, starts from a fresh set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
+_Child = TypeVar("_Child", Counter, Gauge, Histogram)
+
 # Latency buckets tuned for a gateway: sub-millisecond up to long polls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def child(cache: dict[tuple[str, ...], _Child], metric: _Child, *values: str) -> _Child:
+    """``metric.labels(*values)``, looked up once per values and kept in ``cache``.
+
+    prometheus-client's ``labels()`` validates the values and takes a lock on every call,
+    which the hot paths should not pay per request or per token. The caller keeps the
+    label values bounded (route patterns, status codes, a fixed set of reasons).
+    """
+    found = cache.get(values)
+    if found is None:
+        found = cache[values] = metric.labels(*values)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,20 +41,14 @@ class HttpMetrics:
     requests: Counter
     duration: Histogram
     in_flight: Gauge
-    # Label children by value: skips prometheus-client's per-call label validation and lock.
-    # Bounded: route is a pattern, method one of eight, status a status code.
-    _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
+    # Label children (see child()). Bounded: route is a pattern, method one of eight.
+    _counted: dict[tuple[str, ...], Counter] = field(default_factory=dict)
+    _timed: dict[tuple[str, ...], Histogram] = field(default_factory=dict)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and record its duration."""
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, method, str(status)),
-                        self.duration.labels(route, method))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        child(self._counted, self.requests, route, method, str(status)).inc()
+        child(self._timed, self.duration, route, method).observe(seconds)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> HttpMetrics:

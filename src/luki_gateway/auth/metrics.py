@@ -8,6 +8,8 @@ from typing import Literal, get_args
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from ..metrics import child
+
 FailureReason = Literal[
     "missing",            # no credentials on a route that needs them
     "malformed",          # unparsable header, token, key or ticket
@@ -37,8 +39,8 @@ class AuthMetrics:
     """``luki_auth_failures_total{reason}``, every reason present from the start."""
 
     failures: Counter
-    # labels() validates and locks on every call; children are cached per reason.
-    _children: dict[str, Counter] = field(default_factory=dict)
+    # Label children per reason (see metrics.child()).
+    _children: dict[tuple[str, ...], Counter] = field(default_factory=dict)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AuthMetrics:
@@ -51,10 +53,7 @@ class AuthMetrics:
 
     def fail(self, reason: FailureReason) -> None:
         """Count one refusal."""
-        child = self._children.get(reason)
-        if child is None:
-            child = self._children[reason] = self.failures.labels(reason)
-        child.inc()
+        child(self._children, self.failures, reason).inc()
 
 
 AUTH_METRICS = web.AppKey("auth_metrics", AuthMetrics)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..metrics import child
 from .gap_histogram import GapHistogram
 
 # Time to first token: sub-millisecond gateway overhead up to a slow model's start.
@@ -27,18 +27,15 @@ class ChatMetrics:
     gap: GapHistogram
     tokens: Counter
     active: Gauge
-    # Label children by value, bound once (transport x outcome is a small fixed set).
-    _children: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # Label children (see metrics.child()): transport x outcome, and the two directions.
+    _turns: dict[tuple[str, ...], Counter] = field(default_factory=dict)
+    _tokens: dict[tuple[str, ...], Counter] = field(default_factory=dict)
 
     def turn_ended(self, transport: str, outcome: str, usage: dict[str, int]) -> None:
         """Count one ended turn and its tokens."""
-        key = (transport, outcome)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.turns.labels(transport, outcome)
-        child.inc()
-        self.tokens.labels("input").inc(usage["input_tokens"])
-        self.tokens.labels("output").inc(usage["output_tokens"])
+        child(self._turns, self.turns, transport, outcome).inc()
+        child(self._tokens, self.tokens, "input").inc(usage["input_tokens"])
+        child(self._tokens, self.tokens, "output").inc(usage["output_tokens"])
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ChatMetrics:

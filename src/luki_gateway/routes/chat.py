@@ -78,6 +78,7 @@ async def chat(request: web.Request) -> web.Response:
     turn_id = new_turn_id()
     outcome = "internal_error"
     output_tokens = 0
+    counted = {"input_tokens": 0, "output_tokens": 0}  # tokens are counted on success only
     metrics.active.inc()
     try:
         headers = identity_headers(TurnRequest(principal, trace, "sync", agent, received),
@@ -87,14 +88,13 @@ async def chat(request: web.Request) -> web.Response:
                                    "output_tokens": len(reply["text"].split())}
         output_tokens = usage["output_tokens"]
         outcome = "tool_calls" if reply["tool_calls"] else "stop"
-        metrics.tokens.labels("input").inc(usage["input_tokens"])
-        metrics.tokens.labels("output").inc(output_tokens)
+        counted = usage
     except GatewayError as err:
         outcome = err.code
         raise
     finally:
         metrics.active.dec()
-        metrics.turns.labels("sync", outcome.lower()).inc()
+        metrics.turn_ended("sync", outcome.lower(), counted)
         await allowance.settle(output_tokens)
     return web.json_response({
         "text": reply["text"], "tool_calls": reply["tool_calls"],

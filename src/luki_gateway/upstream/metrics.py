@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..metrics import LATENCY_BUCKETS
+from ..metrics import LATENCY_BUCKETS, child
 
 # kind label values of luki_upstream_errors_total
 ERROR_KINDS = ("timeout", "connect", "reset", "circuit_open", "bad_response")
@@ -21,22 +21,14 @@ class UpstreamMetrics:
     duration: Histogram
     errors: Counter
     circuit: Gauge
-    # Label children cached per (upstream, status): labels() takes a lock and builds keys,
-    # which the proxy's hot path should not pay on every request. Bounded: statuses x names.
-    _answered: dict[tuple[str, int], Counter] = field(default_factory=dict)
-    _timed: dict[str, Histogram] = field(default_factory=dict)
+    # Label children (see metrics.child()). Bounded: upstream names x statuses.
+    _answered: dict[tuple[str, ...], Counter] = field(default_factory=dict)
+    _timed: dict[tuple[str, ...], Histogram] = field(default_factory=dict)
 
     def observe(self, upstream: str, status: int, seconds: float) -> None:
         """Count one upstream answer and its time to headers."""
-        counter = self._answered.get((upstream, status))
-        if counter is None:
-            counter = self._answered[(upstream, status)] = self.requests.labels(
-                upstream, str(status))
-        counter.inc()
-        histogram = self._timed.get(upstream)
-        if histogram is None:
-            histogram = self._timed[upstream] = self.duration.labels(upstream)
-        histogram.observe(seconds)
+        child(self._answered, self.requests, upstream, str(status)).inc()
+        child(self._timed, self.duration, upstream).observe(seconds)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> UpstreamMetrics:
