@@ -158,13 +158,21 @@ def _backoff(base_s: float, attempt: int) -> float:
     return min(_MAX_BACKOFF_S, base_s * 2.0 ** attempt) * random.uniform(0.5, 1.5)
 
 
-def _is_stream(resp: aiohttp.ClientResponse, small: int) -> bool:
-    if resp.status in (204, 304) or resp.method == "HEAD":
-        return False  # no body by definition
-    length = resp.content_length
-    if length is None or length > small:
+def _streams(status: int, length: str | None, content_type: str, small: int) -> bool:
+    """Whether an answer's body is relayed as a stream rather than read whole: unknown or
+    large lengths and event streams are; bodiless statuses never."""
+    if status in (204, 304):
+        return False
+    if length is None or not length.isdigit() or int(length) > small:
         return True
-    return resp.content_type == "text/event-stream"
+    return content_type.lower().startswith("text/event-stream")  # media types: any case
+
+
+def _is_stream(resp: aiohttp.ClientResponse, small: int) -> bool:
+    if resp.method == "HEAD":
+        return False  # no body by definition
+    return _streams(resp.status, resp.headers.get("Content-Length"),
+                    resp.headers.get("Content-Type", ""), small)
 
 
 async def forward(request: web.Request, route: Route, config: ProxyConfig
@@ -290,67 +298,60 @@ async def _proxy_session(request: web.Request, route: Route, upstream: Upstream,
                          config: ProxyConfig, target: str, headers: list[tuple[str, str]],
                          body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None
                          ) -> web.StreamResponse:
-    """Streamed uploads and HEAD, through the upstream's aiohttp session."""
+    """Streamed uploads and HEAD, through the upstream's aiohttp session (same retries
+    and failure mapping as the lean path in ``forward``)."""
     url = URL(upstream.pool.origin + target, encoded=True)
     attempts = 1
     if route.retries and upload is None and request.method in IDEMPOTENT_METHODS:
         attempts += config.retries
     metrics = request.app[UPSTREAM_METRICS]
     for attempt in range(attempts):
+        _before_request(upstream, metrics)
+        start = time.perf_counter()
+        data = b""
         try:
-            return await _attempt_session(request, route, upstream, config, metrics, url,
-                                          headers, body, upload, attempt < attempts - 1)
-        except _Retry:
+            async with asyncio.timeout(route.timeout_s):
+                resp = await upstream.session.request(
+                    request.method, url, headers=headers, data=body, allow_redirects=False)
+                streaming = _is_stream(resp, config.small_body_bytes)
+                if not streaming:
+                    try:
+                        data = await resp.read()
+                    finally:
+                        resp.release()
+        except _UPSTREAM_FAILED as exc:
+            if upload is not None and upload.too_large:
+                raise PayloadTooLarge(details={"max_bytes": upload.limit}) from None
+            if upload is not None and upload.client_failed:
+                return _client_left(request)
+            error = _failed(upstream, metrics, exc, attempt < attempts - 1)
+            if error is not None:
+                raise error from None
             await asyncio.sleep(_backoff(config.backoff_s, attempt))
+            continue
+        _answered(upstream, metrics, resp.status, start)
+        out_headers = response_headers(resp.headers.items())
+        if not streaming:
+            response = web.Response(status=resp.status, reason=resp.reason, body=data)
+            response.headers.extend(out_headers)
+            return response
+        return await _relay_session(request, resp, out_headers, upstream, metrics)
     raise AssertionError("unreachable: the last attempt never retries")
 
 
-class _Retry(Exception):
-    """The attempt failed before any byte reached the client and may be repeated."""
-
-
-async def _attempt_session(request: web.Request, route: Route, upstream: Upstream,
-                           config: ProxyConfig, metrics: UpstreamMetrics, url: URL,
-                           headers: list[tuple[str, str]],
-                           body: bytes | AsyncIterator[bytes] | None, upload: _Upload | None,
-                           retry_allowed: bool) -> web.StreamResponse:
-    _before_request(upstream, metrics)
-    start = time.perf_counter()
-    data = b""
-    try:
-        async with asyncio.timeout(route.timeout_s):
-            resp = await upstream.session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False)
-            streaming = _is_stream(resp, config.small_body_bytes)
-            if not streaming:
-                try:
-                    data = await resp.read()
-                finally:
-                    resp.release()
-    except _UPSTREAM_FAILED as exc:
-        if upload is not None and upload.too_large:
-            raise PayloadTooLarge(details={"max_bytes": upload.limit}) from None
-        if upload is not None and upload.client_failed:
-            return _client_left(request)
-        error = _failed(upstream, metrics, exc, retry_allowed)
-        if error is None:
-            raise _Retry() from exc
-        raise error from None
-    _answered(upstream, metrics, resp.status, start)
-    out_headers = response_headers(resp.headers.items())
-    if not streaming:
-        response = web.Response(status=resp.status, reason=resp.reason, body=data)
-        response.headers.extend(out_headers)
-        return response
-
+def _relay_session(request: web.Request, resp: aiohttp.ClientResponse,
+                   headers: list[tuple[str, str]], upstream: Upstream,
+                   metrics: UpstreamMetrics) -> Awaitable[web.StreamResponse]:
+    """Stream the rest of ``resp``'s body to the client; its connection is released after
+    a complete body, closed otherwise."""
     def finish(complete: bool) -> None:
         if complete:
             resp.release()
         else:
             resp.close()  # never return a half-read connection to the pool
 
-    return await _stream(request, resp.status, resp.reason or "", out_headers,
-                         resp.content.readany, finish, upstream, metrics)
+    return _stream(request, resp.status, resp.reason or "", headers,
+                   resp.content.readany, finish, upstream, metrics)
 
 
 _BodyReader = Callable[[], Awaitable[bytes]]
@@ -358,12 +359,10 @@ _Finish = Callable[[bool], None]
 
 
 def _lean_is_stream(conn: Connection, small: int) -> bool:
-    if conn.status in (204, 304) or conn.complete:
-        return False  # no body by definition, or all of it arrived with the head
-    length = conn.field("content-length")
-    if length is None or not length.isdigit() or int(length) > small:
-        return True
-    return (conn.field("content-type") or "").startswith("text/event-stream")
+    if conn.complete:
+        return False  # all of the body arrived with the head
+    return _streams(conn.status, conn.field("content-length"),
+                    conn.field("content-type") or "", small)
 
 
 def _client_left(request: web.Request) -> web.StreamResponse:
