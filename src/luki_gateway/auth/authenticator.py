@@ -15,6 +15,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
+from ..bounded import remember
 from ..errors import DownstreamUnavailable
 from ..metrics import REGISTRY
 from ..settings import SETTINGS, Settings
@@ -164,10 +165,8 @@ class Authenticator:
         # process holds each request's key anyway; this keeps at most _PRINCIPAL_CACHE.
         key_hash = self._hashes.get(key)
         if key_hash is None:
-            key_hash = hash_key(key, auth.api_key_pepper)
-            if len(self._hashes) >= _PRINCIPAL_CACHE:
-                self._hashes.clear()
-            self._hashes[key] = key_hash
+            key_hash = remember(self._hashes, key, hash_key(key, auth.api_key_pepper),
+                                _PRINCIPAL_CACHE)
         record = await self._active_record(key_hash)
         self._store.touch(key_hash, self._clock())
         known = self._principals.get(key_hash)
@@ -178,9 +177,7 @@ class Authenticator:
                               user_id=record.owner, key_env=record.env,
                               expires_at=record.expires_at, display=record.display,
                               key_hash=key_hash)
-        if len(self._principals) >= _PRINCIPAL_CACHE:
-            self._principals.clear()  # bounded: a flood of keys cannot grow it
-        self._principals[key_hash] = (record, principal)
+        remember(self._principals, key_hash, (record, principal), _PRINCIPAL_CACHE)
         return principal
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..bounded import remember
 from ..settings import DEFAULT_SECRET_MARK, SETTINGS, Settings
 from .failure import AuthFailure
 from .jwks import ASYMMETRIC_ALGORITHMS, JwksCache, VerificationKey
@@ -166,9 +167,7 @@ class JwtVerifier:
             until = min(until, principal.expires_at + self._auth.jwt_leeway_s)
         if until <= now:
             return
-        if len(self._verified) >= _VERIFIED_MAX:
-            self._verified.clear()  # bounded: a flood of tokens cannot grow it
-        self._verified[token] = (principal, until, key)
+        remember(self._verified, token, (principal, until, key), _VERIFIED_MAX)
 
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         required = ["sub"] + (["exp"] if self._auth.jwt_require_exp else [])

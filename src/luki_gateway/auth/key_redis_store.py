@@ -17,11 +17,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..bounded import remember
 from .key_record import ApiKeyRecord, LastUsedBuffer, StoreUnavailable, matches_id
 
 RETAIN_S = 30 * 86400
 
 # Set last_used_at only on keys that still exist (never resurrect a dropped record).
+_CACHE_MAX = 10_000  # records cached per process (a flood of keys cannot grow it)
 _TOUCH_EXISTING = """
 for i, key in ipairs(KEYS) do
   if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'last_used_at', ARGV[i]) end
@@ -77,9 +79,7 @@ class RedisKeyStore(LastUsedBuffer):
         if record is None:
             self._cache.pop(key_hash, None)
         else:
-            if len(self._cache) > 10_000:  # bounded: a flood of keys cannot grow it
-                self._cache.clear()
-            self._cache[key_hash] = (now, record)
+            remember(self._cache, key_hash, (now, record), _CACHE_MAX)
         return record
 
     async def _put(self, record: ApiKeyRecord) -> None:

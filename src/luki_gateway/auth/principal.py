@@ -9,6 +9,7 @@ from typing import Literal
 
 from aiohttp import web
 
+from ..bounded import remember
 from ..errors import Unauthenticated
 
 PrincipalKind = Literal["api_key", "jwt", "service", "anonymous"]
@@ -64,9 +65,8 @@ class ScopeSets:
         wanted = frozenset(scopes)
         found = self._sets.get(wanted)
         if found is None:
-            if len(self._sets) >= self._max:
-                self._sets.clear()  # many distinct grants: start over rather than grow
-            found = self._sets[wanted] = frozenset(sys.intern(s) for s in wanted)
+            found = remember(self._sets, wanted, frozenset(sys.intern(s) for s in wanted),
+                             self._max)
         return found
 
 

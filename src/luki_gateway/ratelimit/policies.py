@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from ..auth.principal import Principal
+from ..bounded import remember
 from ..settings import RateLimitSettings
 from .decision import Window
 
@@ -93,9 +94,8 @@ class RatePolicies:
         cache_key = (principal.kind, principal.id, principal.subject, ip)
         windows = self._windows.get(cache_key)
         if windows is None:
-            if len(self._windows) >= _WINDOW_CACHE:
-                self._windows.clear()
-            windows = self._windows[cache_key] = self._build(principal, ip)
+            windows = remember(self._windows, cache_key, self._build(principal, ip),
+                               _WINDOW_CACHE)
         return windows
 
     def _build(self, principal: Principal, ip: str) -> tuple[Window, ...]:

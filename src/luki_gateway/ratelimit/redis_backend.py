@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ..bounded import remember
 from .batch import LuaScript, ScriptBatch
 from .decision import Decision, Window, WindowState
 
@@ -93,10 +94,7 @@ class RedisLimiter:
         self._keys: dict[str, bytes] = {}
 
     def _encode_key(self, key: str) -> bytes:
-        if len(self._keys) >= _KEY_CACHE:
-            self._keys.clear()
-        encoded = self._keys[key] = (self.prefix + key).encode()
-        return encoded
+        return remember(self._keys, key, (self.prefix + key).encode(), _KEY_CACHE)
 
     async def _evaluate(self, windows: tuple[Window, ...], cost: int, commit: bool
                         ) -> Decision:
