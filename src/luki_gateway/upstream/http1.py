@@ -351,6 +351,10 @@ class Pool:
         """Open connections waiting in the pool."""
         return len(self._idle)
 
+    def _fresh(self, conn: Connection, now: float) -> bool:
+        """An idle connection still worth reusing: open, and idle less than keepalive_s."""
+        return not conn.closed and now - conn.idle_since <= self._keepalive_s
+
     def take_idle(self) -> Connection | None:
         """A fresh idle connection at once, when one is free and nobody waits; else None
         (then ``await acquire()``)."""
@@ -358,7 +362,7 @@ class Pool:
         if not idle or self._waiters or len(self._in_use) >= self._limit:
             return None
         conn = idle[-1]
-        if conn.closed or time.monotonic() - conn.idle_since > self._keepalive_s:
+        if not self._fresh(conn, time.monotonic()):
             return None  # acquire() drops it
         idle.pop()
         self._in_use.add(conn)
@@ -384,7 +388,7 @@ class Pool:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if conn.closed or now - conn.idle_since > self._keepalive_s:
+            if not self._fresh(conn, now):
                 conn.close()
                 continue
             self._in_use.add(conn)
