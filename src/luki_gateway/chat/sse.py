@@ -25,6 +25,8 @@ from ..settings import SETTINGS
 # How often open streams are checked for a gone client (bounds the cancel delay).
 WATCH_INTERVAL_S = 0.25
 HEARTBEAT = b": keep-alive\n\n"
+# How long the response head may wait for a turn's first event, to leave in one write.
+HEAD_WAIT_S = 0.05
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -91,6 +93,19 @@ class SseSink:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    async def first_frame(self, within_s: float) -> None:
+        """Wait until a frame is queued or the client is gone, for at most ``within_s``."""
+        if self.frames or self.gone:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = loop.call_later(within_s, self.wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
 
     def _framed(self, frames: list[bytes]) -> bytes:
         if not self._chunked:
@@ -195,10 +210,24 @@ async def sse_streams_ctx(app: web.Application) -> AsyncIterator[None]:
     await streams.close()
 
 
-async def open_sse(request: web.Request, turn_id: str) -> web.StreamResponse:
-    """Send the SSE response head (no compression, no proxy buffering) and the retry hint."""
-    response = web.StreamResponse(headers={**SSE_HEADERS, "X-LUKi-Turn-Id": turn_id})
-    await response.prepare(request)
+class _SseResponse(web.StreamResponse):
+    """A stream response whose head waits in aiohttp's writer for the first body bytes, so
+    head, retry hint and first events leave in one write (one wake-up of the client)."""
+
+    _send_headers_immediately = False
+
+
+async def open_sse(request: web.Request, turn_id: str, sink: SseSink) -> web.StreamResponse:
+    """Send the SSE head (no compression, no proxy buffering), the retry hint and the events
+    queued so far, in one write.
+
+    The head waits up to ``HEAD_WAIT_S`` for the turn's first event: an agent that answers
+    at once gets its first token out with the head, and no token waits for anything.
+    """
+    response = _SseResponse(headers={**SSE_HEADERS, "X-LUKi-Turn-Id": turn_id})
+    await response.prepare(request)  # the head is built now, and sent with the first write
+    await sink.first_frame(HEAD_WAIT_S)
     retry_ms = request.app[SETTINGS].hub.sse_retry_ms
-    await response.write(f"retry: {retry_ms}\n\n".encode())
+    frames, sink.frames = sink.frames, []
+    await response.write(b"retry: %d\n\n%b" % (retry_ms, b"".join(frames)))
     return response

@@ -123,7 +123,7 @@ async def _relay(request: web.Request, turn: Turn, after_seq: int) -> web.Stream
     sink = SseSink(request)
     try:
         turn.attach(sink, after_seq)
-        response = await open_sse(request, turn.turn_id)
+        response = await open_sse(request, turn.turn_id, sink)
         with contextlib.suppress(ConnectionError):  # the client left mid-write
             await sink.pump(response)
         return response
@@ -155,7 +155,7 @@ async def _resume(request: web.Request) -> web.StreamResponse:
     sink = SseSink(request)
     feeder = asyncio.create_task(_follow(request, sink, turn_id, after))
     try:
-        response = await open_sse(request, turn_id)
+        response = await open_sse(request, turn_id, sink)
         with contextlib.suppress(ConnectionError):
             await sink.pump(response)
         return response
