@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,13 @@ from ..hub.turns import TURNS, Turn
 from ..metrics import REGISTRY
 from ..settings import SETTINGS
 from ..tracing import TraceContext
-from ..upstream.agent import AgentClient, AgentRequest, AgentStream, PendingStream
+from ..upstream.agent import (
+    AgentClient,
+    AgentEvent,
+    AgentRequest,
+    AgentStream,
+    PendingStream,
+)
 from ..upstream.sessions import UPSTREAMS
 from .limits import TurnAllowance
 from .metrics import CHAT_METRICS, ChatMetrics
@@ -128,10 +134,16 @@ class Watchdog:
 
 
 class RelayedTurn:
-    """A turn and the task relaying it; ``cancel`` ends it with ``done`` cancelled."""
+    """A turn and the task relaying it; ``cancel`` ends it with ``done`` cancelled.
 
-    __slots__ = ("_cancel_reason", "_pending", "_upstream_start", "allowance", "app",
-                 "request", "task", "turn")
+    The agent's events are handled in the agent connection's own callback
+    (:meth:`AgentStream.follow`): each token is timed and published the moment its bytes
+    arrive, with no task switch; the task only waits for the end and settles the turn.
+    """
+
+    __slots__ = ("_cancel_reason", "_clock", "_finish_reason", "_last", "_metrics", "_pending",
+                 "_upstream_start", "_usage", "_watchdog", "allowance", "app", "request",
+                 "task", "tokens", "turn")
 
     def __init__(self, app: web.Application, turn: Turn, request: TurnRequest,
                  allowance: TurnAllowance) -> None:
@@ -144,6 +156,15 @@ class RelayedTurn:
         # The agent request written before the task ran (open_turn), or why it failed.
         self._pending: PendingStream | Exception | None = None
         self._upstream_start = 0.0
+        # What the relay saw so far (written by _deliver).
+        self.tokens = 0
+        self._last = 0.0
+        self._usage: dict[str, int] | None = None
+        self._finish_reason = "stop"
+        self._metrics: ChatMetrics = app[CHAT_METRICS]
+        # Set by run(), before any event is delivered.
+        self._watchdog: Watchdog
+        self._clock: Callable[[], float]
 
     async def open_upstream(self) -> None:
         """Write the agent request now, from the caller's task: the agent starts on its
@@ -164,6 +185,35 @@ class RelayedTurn:
             self._cancel_reason = reason
             self.task.cancel()
 
+    def _deliver(self, events: list[AgentEvent]) -> None:
+        """The agent's events as they arrive (the connection's callback: the hot path)."""
+        publish = self.turn.publish
+        for event in events:
+            kind = event.kind
+            if kind == "token":
+                now = self._clock()
+                if self.tokens:
+                    self._metrics.gap.observe(now - self._last)
+                else:
+                    self._first_token(now)
+                self._last = self._watchdog.last = now
+                self.tokens += 1
+                publish("token", event.data, event.value)
+            elif kind == "tool_call":
+                self._watchdog.last = self._clock()
+                publish("tool_call", event.data, event.value)
+            elif kind == "done":
+                self._usage = event.value["usage"]
+                self._finish_reason = event.value["finish_reason"]
+            else:
+                raise DownstreamError("the agent reported an error", details=event.value)
+
+    def _first_token(self, now: float) -> None:
+        metrics = self._metrics
+        metrics.upstream_ttft.observe(now - self._upstream_start)
+        metrics.ttft.observe(now - self.request.received_at)
+        self._watchdog.switch(now, self.app[SETTINGS].chat.idle_timeout_s)
+
     async def run(self) -> None:
         """Relay the agent's stream into the turn, then publish its one terminal event.
 
@@ -171,70 +221,39 @@ class RelayedTurn:
         so a client that saw ``done`` may start its next turn at once.
         """
         app = self.app
-        settings = app[SETTINGS].chat
-        metrics = app[CHAT_METRICS]
+        metrics = self._metrics
         turn = self.turn
         req = self.request
         loop = asyncio.get_running_loop()
-        time = loop.time
-        idle = settings.idle_timeout_s
-        publish = turn.publish
-        observe_gap = metrics.gap.observe
+        self._clock = loop.time
         stream: AgentStream | None = None
-        tokens = 0
-        last = 0.0
-        usage: dict[str, int] | None = None
         failure: GatewayError | None = None
         finish_reason = "stop"
         metrics.active.inc()
         task = asyncio.current_task()
         assert task is not None  # run() is always a task of its own
-        watchdog = Watchdog(loop, task, settings.first_token_timeout_s)
+        watchdog = self._watchdog = Watchdog(loop, task,
+                                             app[SETTINGS].chat.first_token_timeout_s)
         try:
             pending, self._pending = self._pending, None
             if isinstance(pending, Exception):
                 raise pending
             if pending is None:
                 client = agent_client(app)
-                upstream_start = time()
+                self._upstream_start = loop.time()
                 stream = await client.open_stream(req.agent,
                                                   identity_headers(req, turn.turn_id))
             else:
-                upstream_start = self._upstream_start
                 stream = await pending.opened()
-            read = stream.read
-            ended = False
-            while not ended:
-                for event in await read():
-                    kind = event.kind
-                    if kind == "token":
-                        now = time()
-                        if tokens:
-                            observe_gap(now - last)
-                        else:
-                            metrics.upstream_ttft.observe(now - upstream_start)
-                            metrics.ttft.observe(now - req.received_at)
-                            watchdog.switch(now, idle)
-                        last = watchdog.last = now
-                        tokens += 1
-                        publish("token", event.data, event.value)
-                    elif kind == "tool_call":
-                        watchdog.last = time()
-                        publish("tool_call", event.data, event.value)
-                    elif kind == "done":
-                        usage = event.value["usage"]
-                        finish_reason = event.value["finish_reason"]
-                        ended = True
-                    else:
-                        raise DownstreamError("the agent reported an error",
-                                              details=event.value)
+            await stream.follow(self._deliver)
+            finish_reason = self._finish_reason
         except GatewayError as exc:
             failure = exc
         except asyncio.CancelledError:
             task.uncancel()  # our own cancel (watchdog or cancel()); the turn still ends
             if watchdog.fired:
                 failure = DownstreamTimeout(
-                    "no token from the agent within the idle timeout" if tokens else
+                    "no token from the agent within the idle timeout" if self.tokens else
                     "no first token from the agent in time")
             else:
                 finish_reason = self._cancel_reason
@@ -247,8 +266,7 @@ class RelayedTurn:
             if stream is not None and not stream.ended_ok:
                 stream.close()
             metrics.active.dec()
-            if usage is None:
-                usage = self._counted(tokens)
+            usage = self._usage or self._counted(self.tokens)
             outcome = failure.code.lower() if failure is not None else finish_reason
             metrics.turn_ended(req.transport, outcome, usage)
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -304,11 +304,11 @@ _SSE_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream
 
 
 class AgentStream:
-    """An open streamed turn on one pooled connection: call :meth:`read` until a terminal
-    event, then :meth:`release` (or :meth:`close` to cancel)."""
+    """An open streamed turn on one pooled connection: :meth:`follow` it until its
+    terminal event, then :meth:`release` (or :meth:`close` to cancel)."""
 
-    __slots__ = ("_breaker", "_conn", "_dialect", "_ended", "_failed", "_ok", "_parser",
-                 "_pool")
+    __slots__ = ("_breaker", "_conn", "_deliver", "_dialect", "_done", "_ended", "_failed",
+                 "_ok", "_parser", "_pool")
 
     def __init__(self, pool: Pool, conn: Connection, dialect: Dialect,
                  breaker: CircuitBreaker | None) -> None:
@@ -320,21 +320,66 @@ class AgentStream:
         self._ended = False
         self._ok = False
         self._failed: DownstreamError | None = None
+        self._deliver: Callable[[list[AgentEvent]], None] | None = None
+        self._done: asyncio.Future[None] | None = None
 
-    async def read(self) -> list[AgentEvent]:
-        """The agent events the next chunk completes (often one, possibly none).
+    def follow(self, deliver: Callable[[list[AgentEvent]], None]) -> asyncio.Future[None]:
+        """Push mode: each chunk's events go to ``deliver`` as soon as the bytes arrive,
+        in the connection's own callback (no task switch per token).
 
-        The last event of a stream is ``done`` or ``error``: read no further after it.
-        Garbage, a broken connection or an end without a terminal event raise
-        :class:`DownstreamError` (after the events that came complete before it).
+        The future completes once the terminal event was delivered; it fails with
+        :class:`DownstreamError` (garbage, a broken connection, an end without a terminal
+        event: after the events that came complete before it) or with what ``deliver``
+        raised. Nothing is delivered after that.
+        """
+        self._deliver = deliver
+        done = self._done = asyncio.get_running_loop().create_future()
+        self._conn.consume(self)
+        return done
+
+    def body(self, data: bytes) -> None:
+        """Push mode: the connection's callback with body bytes (never raises)."""
+        deliver = self._deliver
+        if deliver is None:
+            return
+        try:
+            events = self._take(data)
+            if events:
+                deliver(events)
+        except Exception as exc:
+            self._settle(exc)
+            return
+        if self._failed is not None:
+            self._settle(self._failed)
+        elif self._ended:
+            self._settle(None)
+
+    def end(self, error: BaseException | None) -> None:
+        """Push mode: the body is complete, or the connection failed."""
+        if error is None:
+            self.body(b"")
+        else:
+            self._end(False)
+            self._settle(DownstreamError("agent connection broke mid-stream"))
+
+    def _settle(self, error: BaseException | None) -> None:
+        self._deliver = None
+        self._conn.consume(None)
+        done = self._done
+        if done is not None and not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def _take(self, chunk: bytes) -> list[AgentEvent]:
+        """The events ``chunk`` completes (b"": the end of the body).
+
+        A failure after some events is kept in ``_failed`` and those events returned;
+        a failure before any raises :class:`DownstreamError`.
         """
         if self._failed is not None:
             raise self._failed
-        try:
-            chunk = await self._conn.readany()
-        except _BROKEN:
-            self._end(False)
-            raise DownstreamError("agent connection broke mid-stream") from None
         events: list[AgentEvent] = []
         try:
             if not chunk:
@@ -372,6 +417,8 @@ class AgentStream:
     def close(self) -> None:
         """Give the connection back: kept only if the response was complete, else closed
         (which cancels the agent's stream)."""
+        self._deliver = None
+        self._conn.consume(None)
         self._pool.release(self._conn)
 
     async def release(self, within_s: float = RELEASE_WAIT_S) -> None:

@@ -11,8 +11,9 @@ needs and nothing else:
   LIFO reuse, idle connections closed after ``keepalive_s``, resolved addresses cached;
 - one exchange per connection at a time (no pipelining); a connection goes back to the
   pool only after a complete response that allows keep-alive, otherwise it is closed;
-- the response body is either read whole or streamed with back-pressure
-  (``pause_reading`` above a high-water mark);
+- the response body is either read whole, streamed with back-pressure
+  (``pause_reading`` above a high-water mark), or pushed to a consumer as it arrives
+  (``consume``: the chat relay handles each token in the protocol's own callback);
 - failures raise ``ConnectFailed`` (nothing was sent), ``UpstreamClosed`` (the connection
   broke) or ``BadResponse`` (the upstream did not speak HTTP/1.1); timeouts raise
   ``TimeoutError``.
@@ -29,7 +30,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 from yarl import URL
@@ -55,6 +56,16 @@ class BadResponse(Exception):
     """The upstream's answer is not valid HTTP/1.1."""
 
 
+class BodyConsumer(Protocol):
+    """Takes a response body as it arrives (see :meth:`Connection.consume`)."""
+
+    def body(self, data: bytes) -> None:
+        """Body bytes, in the connection's own callback: must not raise."""
+
+    def end(self, error: BaseException | None) -> None:
+        """The body is complete (None) or the exchange failed (``error``)."""
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection to an upstream; one exchange at a time."""
 
@@ -64,6 +75,7 @@ class Connection(asyncio.Protocol):
         "_body_waiter",
         "_buffered",
         "_complete",
+        "_consumer",
         "_deadline",
         "_eof_body",
         "_error",
@@ -109,6 +121,7 @@ class Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._head_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
+        self._consumer: BodyConsumer | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -178,6 +191,10 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.body(body)
+            return
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -198,6 +215,10 @@ class Connection(asyncio.Protocol):
         waiter = self._body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        consumer = self._consumer
+        if consumer is not None and self._complete:
+            self._consumer = None
+            consumer.end(None)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is not None:
@@ -207,6 +228,9 @@ class Connection(asyncio.Protocol):
         for waiter in (self._head_waiter, self._body_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.end(exc)
         self.close()
 
     def _on_timeout(self) -> None:
@@ -268,6 +292,27 @@ class Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    def consume(self, consumer: BodyConsumer | None) -> None:
+        """Push mode: hand the body to ``consumer`` as it arrives, in this protocol's own
+        callbacks (no task switch per chunk, nothing buffered here), bytes already received
+        first; then its end or failure. ``None`` goes back to buffering for ``readany``.
+
+        There is no back-pressure in push mode: the consumer takes every byte at once.
+        """
+        self._consumer = consumer
+        if consumer is None:
+            return
+        if self._body:
+            consumer.body(self.body_so_far())
+        if self._consumer is not consumer:
+            return  # the consumer let go already
+        if self._error is not None:
+            self._consumer = None
+            consumer.end(self._error)
+        elif self._complete:
+            self._consumer = None
+            consumer.end(None)
 
     async def readany(self, idle_timeout_s: float | None = None) -> bytes:
         """The next body bytes; b"" at the end. Raises on a broken or idle upstream."""
