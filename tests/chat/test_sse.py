@@ -35,6 +35,25 @@ async def test_sse_relays_tokens_then_one_done(start_agent: Callable[..., Any],
     assert done["trace_id"] == resp.headers["traceparent"].split("-")[1]
 
 
+async def test_head_waits_briefly_for_the_first_token_never_for_long(
+        start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]) -> None:
+    """The head goes out with the first event when the agent answers at once, and on its
+    own after HEAD_WAIT_S when the agent is slow to start: a client is never left without
+    a response head for the agent's whole thinking time."""
+    agent = await start_agent(tokens=2, first_token_delay_s=1.5)
+    client = await chat_gateway(agent)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await client.post("/v1/chat/stream", json={"message": "slow"}, headers=bearer())
+    head_s = loop.time() - started
+    assert resp.status == 200
+    assert head_s < 1.0, f"head took {head_s:.2f} s: it waited for the first token"
+    assert await resp.content.readline() == b"retry: 3000\n"
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["token", "token", "done"]
+    assert loop.time() - started >= 1.5
+
+
 async def test_get_stream_with_message_query(start_agent: Callable[..., Any],
                                              chat_gateway: Callable[..., Any]) -> None:
     """GET /v1/chat/stream?message=... (for EventSource) relays the same way."""

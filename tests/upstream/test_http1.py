@@ -182,6 +182,74 @@ def test_chunked_body_split_across_writes() -> None:
     run_on_both_loops(case)
 
 
+class Collector:
+    """A push-mode consumer that records what it is given, and when the end came."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.ends: list[BaseException | None] = []
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def body(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def end(self, error: BaseException | None) -> None:
+        self.ends.append(error)
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+def test_push_mode_hands_over_buffered_and_live_bytes_then_the_end() -> None:
+    """consume(): bytes already received first, then each chunk as it arrives, then one
+    end; the connection is reusable afterwards. A reset mid-body ends with the error."""
+    async def paced(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nfirst\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            for word in (b"second", b"third"):
+                writer.write(b"%x\r\n%b\r\n" % (len(word), word))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    mid = replying(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+
+    async def case() -> None:
+        async with scripted(paced) as (url, connections):
+            pool = _pool(url)
+            for _ in range(2):
+                conn = await pool.acquire()
+                await conn.send(request_head("GET", "/", pool.authority, [], None), None, 2.0)
+                await asyncio.sleep(0.02)  # "first" arrives before anyone consumes
+                got = Collector()
+                conn.consume(got)
+                assert got.chunks == [b"first"] and not got.ends
+                await asyncio.wait_for(got.ended, 2.0)
+                assert got.chunks == [b"first", b"second", b"third"]
+                assert got.ends == [None]
+                pool.release(conn)
+            assert len(connections) == 1 and pool.idle == 1  # reused, back in the pool
+            pool.close()
+        async with scripted(mid) as (url, _):
+            pool = _pool(url)
+            conn = await pool.acquire()
+            await conn.send(request_head("GET", "/", pool.authority, [], None), None, 2.0)
+            got = Collector()
+            conn.consume(got)
+            await asyncio.wait_for(got.ended, 2.0)
+            assert b"".join(got.chunks) == b"only part"
+            assert len(got.ends) == 1 and isinstance(got.ends[0], UpstreamClosed)
+            pool.release(conn)
+            assert pool.idle == 0 and pool.in_use == 0
+            pool.close()
+
+    run_on_both_loops(case)
+
+
 def test_reset_before_the_answer_and_mid_body() -> None:
     """A close before any byte and a close mid-body both raise UpstreamClosed."""
     async def before(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
