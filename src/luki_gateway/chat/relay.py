@@ -192,13 +192,13 @@ class RelayedTurn:
             kind = event.kind
             if kind == "token":
                 now = self._clock()
-                if self.tokens:
+                self.tokens += 1
+                publish("token", event.data, event.value)  # first: the rest is bookkeeping
+                if self.tokens > 1:
                     self._metrics.gap.observe(now - self._last)
                 else:
                     self._first_token(now)
                 self._last = self._watchdog.last = now
-                self.tokens += 1
-                publish("token", event.data, event.value)
             elif kind == "tool_call":
                 self._watchdog.last = self._clock()
                 publish("tool_call", event.data, event.value)

@@ -27,6 +27,8 @@ WATCH_INTERVAL_S = 0.25
 HEARTBEAT = b": keep-alive\n\n"
 # How long the response head may wait for a turn's first event, to leave in one write.
 HEAD_WAIT_S = 0.05
+# A first event larger than this waits for the handler to write it (with the head).
+_FIRST_WRITE_MAX = 16384
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -41,6 +43,8 @@ class SseSink:
     __slots__ = (
         "_chunked",
         "_live",
+        "_opening",
+        "_prefix",
         "_transport",
         "ended",
         "frames",
@@ -66,11 +70,16 @@ class SseSink:
         self.sent = 0
         self.seen = 0
         self.waiter: asyncio.Future[None] | None = None
+        # Armed by open_sse: the prepared response whose head the first event sends.
+        self._opening: web.StreamResponse | None = None
+        self._prefix = b""
 
     def __call__(self, item: TurnEvent) -> None:
         """Turn listener (hot path): write the event's frame now, or queue it."""
         if item.event in TERMINAL:
             self.ended = True
+        if self._opening is not None and self._open_with(item.sse):
+            return
         transport = self._transport
         if (self._live and not self.frames and transport is not None
                 and not transport.is_closing() and not self.request.protocol._paused):
@@ -93,6 +102,32 @@ class SseSink:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def arm(self, response: web.StreamResponse, prefix: bytes) -> None:
+        """Let the first event send ``response``'s head and ``prefix`` with its own frame."""
+        self._opening = response
+        self._prefix = prefix
+
+    def disarm(self) -> bool:
+        """Stop waiting for the first event; True when the head has not been sent."""
+        armed = self._opening is not None
+        self._opening = None
+        return armed
+
+    def _open_with(self, frame: bytes) -> bool:
+        """Write the armed head, the prefix and ``frame`` in one write, from this call (no
+        wait for the handler's task); False when that cannot be done at once."""
+        response = self._opening
+        transport = self.request.transport
+        if (response is None or self.frames or len(frame) > _FIRST_WRITE_MAX
+                or transport is None or transport.is_closing()
+                or self.request.protocol._paused):
+            return False
+        self._opening = None
+        _write_now(response, self._prefix + frame)
+        self.sent += 1
+        self.wake()
+        return True
 
     async def first_frame(self, within_s: float) -> None:
         """Wait until a frame is queued or the client is gone, for at most ``within_s``."""
@@ -210,6 +245,21 @@ async def sse_streams_ctx(app: web.Application) -> AsyncIterator[None]:
     await streams.close()
 
 
+def _write_now(response: web.StreamResponse, data: bytes) -> None:
+    """``await response.write(data)``, done within this call (a turn listener cannot await).
+
+    aiohttp's writer hands the bytes (and a head not yet sent) to the transport at once
+    and suspends only afterwards, to drain a paused transport; that wait is skipped here
+    (the handler's pump drains before its next write).
+    """
+    step = response.write(data)
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+
+
 class _SseResponse(web.StreamResponse):
     """A stream response whose head waits in aiohttp's writer for the first body bytes, so
     head, retry hint and first events leave in one write (one wake-up of the client)."""
@@ -222,12 +272,17 @@ async def open_sse(request: web.Request, turn_id: str, sink: SseSink) -> web.Str
     queued so far, in one write.
 
     The head waits up to ``HEAD_WAIT_S`` for the turn's first event: an agent that answers
-    at once gets its first token out with the head, and no token waits for anything.
+    at once gets its first token out with the head, written by the relay in the same call
+    that read the token, and no token waits for anything.
     """
     response = _SseResponse(headers={**SSE_HEADERS, "X-LUKi-Turn-Id": turn_id})
     await response.prepare(request)  # the head is built now, and sent with the first write
-    await sink.first_frame(HEAD_WAIT_S)
-    retry_ms = request.app[SETTINGS].hub.sse_retry_ms
+    prefix = b"retry: %d\n\n" % request.app[SETTINGS].hub.sse_retry_ms
+    if not sink.frames:
+        sink.arm(response, prefix)
+        await sink.first_frame(HEAD_WAIT_S)
+        if not sink.disarm():
+            return response  # the first event went out with the head
     frames, sink.frames = sink.frames, []
-    await response.write(b"retry: %d\n\n%b" % (retry_ms, b"".join(frames)))
+    await response.write(prefix + b"".join(frames))
     return response
