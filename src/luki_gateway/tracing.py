@@ -39,10 +39,12 @@ class TraceContext:
             if (match and match[1] != "ff" and (match[5] is None or match[1] != "00")
                     and match[2] != _ZERO_TRACE and match[3] != _ZERO_SPAN):
                 trace_id, flags = match[2], match[4]
+        # One getrandom call for both ids: 24 random bytes, as 48 hex digits.
+        fresh = os.urandom(24).hex()
         if trace_id is None:
-            trace_id = os.urandom(16).hex()
+            trace_id = fresh[:32]
         rid = request_id if request_id and _SANE_REQUEST_ID.fullmatch(request_id) else trace_id
-        return cls(request_id=rid, trace_id=trace_id, span_id=os.urandom(8).hex(), flags=flags)
+        return cls(request_id=rid, trace_id=trace_id, span_id=fresh[32:], flags=flags)
 
     @classmethod
     def new(cls) -> TraceContext:

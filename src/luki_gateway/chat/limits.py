@@ -32,7 +32,7 @@ class TurnAllowance:
     async def acquire(cls, app: web.Application, principal: Principal) -> TurnAllowance:
         """Check the token quota and take a stream lease (raises RateLimitExceeded)."""
         quota = app.get(TOKEN_QUOTA)
-        if quota is not None:
+        if quota is not None and quota.enabled:
             await quota.check(principal)
         leases = app.get(LEASES)
         lease = await leases.acquire(principal, "chat") if leases is not None else None

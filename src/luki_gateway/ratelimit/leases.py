@@ -156,7 +156,7 @@ class StreamLeases:
         self._counts[count_key] = self._counts.get(count_key, 0) + 1
         self._total += 1
         if self.metrics is not None:
-            self.metrics.leases.labels(kind).inc()
+            self.metrics.lease_held(kind, 1)
         return lease
 
     def _count(self, outcome: str, group: str) -> None:
@@ -175,7 +175,7 @@ class StreamLeases:
             self._counts.pop(count_key, None)
         self._total -= 1
         if self.metrics is not None:
-            self.metrics.leases.labels(lease.kind).dec()
+            self.metrics.lease_held(lease.kind, -1)
         if lease.key is not None and lease.member is not None:
             try:
                 # Shielded: a release from a cancelled handler still reaches Redis.

@@ -17,8 +17,9 @@ class RateLimitMetrics:
     decisions: Counter
     backend_errors: Counter
     leases: Gauge
-    # Label children per (policy, outcome) (see metrics.child()).
+    # Label children per (policy, outcome) and per lease kind (see metrics.child()).
     _children: dict[tuple[str, ...], Counter] = field(default_factory=dict)
+    _lease_children: dict[tuple[str, ...], Gauge] = field(default_factory=dict)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RateLimitMetrics:
@@ -32,6 +33,10 @@ class RateLimitMetrics:
             leases=Gauge("luki_stream_leases", "Stream leases held by this process",
                          ["kind"], registry=registry),
         )
+
+    def lease_held(self, kind: str, delta: int) -> None:
+        """One more (1) or one fewer (-1) lease of ``kind`` held by this process."""
+        child(self._lease_children, self.leases, kind).inc(delta)
 
     def decision(self, policy: str, outcome: str) -> None:
         """Count one decision of ``policy`` with ``outcome``."""
