@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +141,8 @@ class RelayedTurn:
     arrive, with no task switch; the task only waits for the end and settles the turn.
     """
 
-    __slots__ = ("_cancel_reason", "_clock", "_finish_reason", "_last", "_metrics", "_pending",
+    __slots__ = ("_cancel_reason", "_clock", "_finish_reason", "_following", "_last",
+                 "_metrics", "_pending",
                  "_upstream_start", "_usage", "_watchdog", "allowance", "app", "request",
                  "task", "tokens", "turn")
 
@@ -162,9 +163,11 @@ class RelayedTurn:
         self._usage: dict[str, int] | None = None
         self._finish_reason = "stop"
         self._metrics: ChatMetrics = app[CHAT_METRICS]
-        # Set by run(), before any event is delivered.
+        self._clock = asyncio.get_running_loop().time
+        # Set by start() with the task, before any event can be delivered.
         self._watchdog: Watchdog
-        self._clock: Callable[[], float]
+        # The agent stream being followed (from open_upstream): completes at its end.
+        self._following: asyncio.Future[None] | None = None
 
     async def open_upstream(self) -> None:
         """Write the agent request now, from the caller's task: the agent starts on its
@@ -174,8 +177,10 @@ class RelayedTurn:
         try:
             client = agent_client(self.app)
             self._upstream_start = asyncio.get_running_loop().time()
-            self._pending = await client.start_stream(
+            pending = self._pending = await client.start_stream(
                 req.agent, identity_headers(req, self.turn.turn_id))
+            # Followed at once: the first token is published by the callback that reads it.
+            self._following = pending.follow(self._deliver)
         except Exception as exc:  # the relay task raises it inside its own try
             self._pending = exc
 
@@ -225,15 +230,13 @@ class RelayedTurn:
         turn = self.turn
         req = self.request
         loop = asyncio.get_running_loop()
-        self._clock = loop.time
         stream: AgentStream | None = None
         failure: GatewayError | None = None
         finish_reason = "stop"
         metrics.active.inc()
         task = asyncio.current_task()
         assert task is not None  # run() is always a task of its own
-        watchdog = self._watchdog = Watchdog(loop, task,
-                                             app[SETTINGS].chat.first_token_timeout_s)
+        watchdog = self._watchdog
         try:
             pending, self._pending = self._pending, None
             if isinstance(pending, Exception):
@@ -243,9 +246,11 @@ class RelayedTurn:
                 self._upstream_start = loop.time()
                 stream = await client.open_stream(req.agent,
                                                   identity_headers(req, turn.turn_id))
+                following = stream.follow(self._deliver)
             else:
                 stream = await pending.opened()
-            await stream.follow(self._deliver)
+                following = self._following or stream.follow(self._deliver)
+            await following
             finish_reason = self._finish_reason
         except GatewayError as exc:
             failure = exc
@@ -296,9 +301,21 @@ class RelayedTurn:
             value = err.body(self.request.trace.trace_id)
             self.turn.publish("error", json_data(value), value)
 
+    def start(self) -> None:
+        """Run the relay in a task of its own, with its first-token and idle watchdog."""
+        task = asyncio.create_task(self.run(), name=f"chat-turn-{self.turn.turn_id}")
+        task.add_done_callback(self.ended)
+        self.task = task
+        self._watchdog = Watchdog(asyncio.get_running_loop(), task,
+                                  self.app[SETTINGS].chat.first_token_timeout_s)
+
     def ended(self, task: asyncio.Task[None]) -> None:
         """Done callback: a task cancelled before it ever ran still ends its turn."""
         self.app[RELAYS].discard(self)
+        self._watchdog.stop()
+        following, self._following = self._following, None
+        if following is not None and following.done() and not following.cancelled():
+            following.exception()  # retrieved: the relay may have ended on another error
         pending, self._pending = self._pending, None
         if isinstance(pending, PendingStream):
             pending.abort()
@@ -336,17 +353,11 @@ def _new_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowan
     return relayed
 
 
-def _run(relayed: RelayedTurn) -> None:
-    task = asyncio.create_task(relayed.run(), name=f"chat-turn-{relayed.turn.turn_id}")
-    task.add_done_callback(relayed.ended)
-    relayed.task = task
-
-
 def start_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowance
                ) -> RelayedTurn:
     """Create the turn and start relaying it in its own task."""
     relayed = _new_turn(app, request, allowance)
-    _run(relayed)
+    relayed.start()
     return relayed
 
 
@@ -359,7 +370,7 @@ async def open_turn(app: web.Application, request: TurnRequest, allowance: TurnA
     try:
         await relayed.open_upstream()
     finally:
-        _run(relayed)  # even when interrupted: the task ends the turn and its request
+        relayed.start()  # even when interrupted: the task ends the turn and its request
     return relayed
 
 

@@ -340,8 +340,8 @@ class AgentStream:
     def body(self, data: bytes) -> None:
         """Push mode: the connection's callback with body bytes (never raises)."""
         deliver = self._deliver
-        if deliver is None:
-            return
+        if deliver is None or self._conn.status >= 400:
+            return  # an error answer's body is not a stream (PendingStream.opened raises)
         try:
             events = self._take(data)
             if events:
@@ -536,7 +536,7 @@ class PendingStream:
     """A streamed request written to the agent, its answer not yet read: :meth:`opened`
     once, or :meth:`abort`."""
 
-    __slots__ = ("_answered", "_breaker", "_conn", "_dialect", "_pool")
+    __slots__ = ("_answered", "_breaker", "_conn", "_dialect", "_pool", "_stream")
 
     def __init__(self, pool: Pool, conn: Connection, answered: asyncio.Future[None],
                  dialect: Dialect, breaker: CircuitBreaker | None) -> None:
@@ -545,6 +545,14 @@ class PendingStream:
         self._answered = answered
         self._dialect = dialect
         self._breaker = breaker
+        self._stream: AgentStream | None = None
+
+    def follow(self, deliver: Callable[[list[AgentEvent]], None]) -> asyncio.Future[None]:
+        """:meth:`AgentStream.follow`, from before the answer's head arrives: the first
+        events are delivered by the callback that reads them, with no task switch before.
+        :meth:`opened` still checks the head (and returns this stream)."""
+        self._stream = AgentStream(self._pool, self._conn, self._dialect, self._breaker)
+        return self._stream.follow(deliver)
 
     async def opened(self) -> AgentStream:
         """Wait for the answer's head: the stream, or DownstreamUnavailable/DownstreamError."""
@@ -564,7 +572,7 @@ class PendingStream:
             if status == 503:
                 raise DownstreamUnavailable(details={"upstream_status": status})
             raise DownstreamError(details={"upstream_status": status})
-        return AgentStream(pool, conn, self._dialect, breaker)
+        return self._stream or AgentStream(pool, conn, self._dialect, breaker)
 
     def abort(self) -> None:
         """Drop the request unread (the connection is closed, the agent sees a cancel)."""
