@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.chat.sse_client import read_events
 from tests.conftest import bearer
@@ -137,3 +138,29 @@ async def test_heartbeat_comment_on_a_quiet_stream(start_agent: Callable[..., An
             raw += chunk
     assert b": keep-alive\n\n" in raw
     assert raw.count(b"event: done") == 1
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "DOWNSTREAM_UNAVAILABLE"),
+                                              (500, "DOWNSTREAM_ERROR")])
+async def test_error_answer_that_looks_like_a_stream_is_not_relayed(
+        upstream: Callable[..., Any], gateway: Callable[..., Any], status: int, code: str
+        ) -> None:
+    """The relay follows the agent's stream before its head arrives; an error status whose
+    body happens to hold SSE tokens still ends the turn with one error and no token."""
+    async def failing(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status,
+                                      headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'event: token\ndata: {"text": "leaked"}\n\n'
+                             b'event: done\ndata: {"finish_reason": "stop"}\n\n')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/stream", failing)
+    client = await gateway(upstreams={"agent": await upstream(app)})
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    assert resp.status == 200
+    events = await read_events(resp)
+    assert [e.event for e in events] == ["error"]
+    assert events[0].data["error"]["code"] == code
