@@ -164,3 +164,27 @@ async def test_error_answer_that_looks_like_a_stream_is_not_relayed(
     events = await read_events(resp)
     assert [e.event for e in events] == ["error"]
     assert events[0].data["error"]["code"] == code
+
+
+async def test_agent_closing_before_its_answer_counts_once_on_the_breaker(
+        gateway: Callable[..., Any]) -> None:
+    """The relay follows the stream before the head; an agent that reads the request and
+    hangs up is still one failure for the breaker, not two (stream and head both see it)."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await gateway(upstreams={"agent": f"http://127.0.0.1:{port}"},
+                               upstream={"breaker_failures": 2, "breaker_window": 2,
+                                         "retries": 0})
+        codes = []
+        for _ in range(3):
+            resp = await client.post("/v1/chat/stream", json={"message": "hi"},
+                                     headers=bearer())
+            codes.append((await read_events(resp))[-1].data["error"]["code"])
+        assert codes == ["DOWNSTREAM_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE", "CIRCUIT_OPEN"]
+    finally:
+        server.close()

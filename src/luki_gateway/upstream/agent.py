@@ -358,9 +358,11 @@ class AgentStream:
         """Push mode: the body is complete, or the connection failed."""
         if error is None:
             self.body(b"")
-        else:
+            return
+        status = self._conn.status
+        if 0 < status < 400:  # before an answer, or in an error answer, opened() reports it
             self._end(False)
-            self._settle(DownstreamError("agent connection broke mid-stream"))
+        self._settle(DownstreamError("agent connection broke mid-stream"))
 
     def _settle(self, error: BaseException | None) -> None:
         self._deliver = None
