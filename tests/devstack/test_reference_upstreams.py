@@ -23,13 +23,15 @@ ALL_SCOPES = ("elr:read", "elr:write", "activities:read", "reports:write", "repo
 @pytest.fixture
 async def stack(gateway: Callable[..., Any], upstream: Callable[..., Any]) -> Client:
     """The gateway pointed at the four reference REST upstreams on real sockets."""
-    client: Client = await gateway(upstreams={
-        "agent": closed_port_url(),
+    running = {
         "memory": await upstream(create_memory_app()),
         "engagement": await upstream(create_engagement_app()),
         "reports": await upstream(create_reports_app()),
         "cognitive": await upstream(create_cognitive_app()),
-    })
+    }
+    # Picked after the others are listening: a port freed first could be handed to one of
+    # them, and the "down" agent would then answer /health.
+    client: Client = await gateway(upstreams={"agent": closed_port_url(), **running})
     return client
 
 
