@@ -44,3 +44,42 @@ async def test_turn_metrics(start_agent: Callable[..., Any],
     # The gateway's share of the first-token time is the gap between the two histograms.
     assert s[("luki_chat_time_to_first_token_seconds_sum", ())] >= s[
         ("luki_chat_upstream_ttft_seconds_sum", ())]
+
+
+def test_first_token_times_keep_sub_millisecond_resolution_on_uvloop() -> None:
+    """`serve` runs on uvloop, whose loop clock counts whole milliseconds: the first-token
+    and gap metrics must not take their timestamps from it, or the gateway's own
+    sub-millisecond share of the first token could never be seen."""
+    import uvloop
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from luki_gateway.app import create_app
+    from luki_gateway.devstack.agent import create_agent_app
+    from luki_gateway.settings import load_settings
+
+    async def case() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        agent = TestServer(create_agent_app(tokens=3, tokens_per_s=500.0))
+        await agent.start_server()
+        settings = load_settings(environ={}, overrides={
+            "log_level": "WARNING", "access_log": False,
+            "ratelimit": {"enabled": False, "max_streams": 0, "max_ws_per_user": 0},
+            "upstreams": {"agent": str(agent.make_url("")).rstrip("/")}})
+        client = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        try:
+            for _ in range(3):
+                resp = await client.post("/v1/chat/stream", json={"message": "hi"},
+                                         headers=bearer())
+                await read_events(resp)
+            return await _samples(client)
+        finally:
+            await client.close()
+            await agent.close()
+
+    samples = uvloop.run(case())
+    for name in ("luki_chat_time_to_first_token_seconds_sum",
+                 "luki_chat_upstream_ttft_seconds_sum",
+                 "luki_chat_inter_token_gap_seconds_sum"):
+        total_ms = samples[(name, ())] * 1000
+        assert total_ms > 0
+        assert abs(total_ms - round(total_ms)) > 1e-6, f"{name} counts whole milliseconds"

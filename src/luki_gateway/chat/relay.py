@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -56,7 +57,7 @@ class TurnRequest:
     trace: TraceContext
     transport: str
     agent: AgentRequest
-    # loop.time() when the client's request arrived (time to first token starts here).
+    # perf_counter() when the client's request arrived (time to first token starts here).
     received_at: float
 
 
@@ -94,7 +95,9 @@ class Watchdog:
     """First-token and idle timeouts for one relay task at the cost of one store per event.
 
     Relays write ``last`` on every event; the timer only fires at the earliest possible
-    deadline and re-arms itself from ``last`` (no per-token timer rescheduling).
+    deadline and re-arms itself from ``last`` (no per-token timer rescheduling). Times are
+    ``time.perf_counter()``, as in the chat metrics that share them: uvloop's loop clock
+    counts whole milliseconds, too coarse for a sub-millisecond time to first token.
     """
 
     __slots__ = ("_handle", "_loop", "_task", "fired", "last", "limit_s")
@@ -103,20 +106,19 @@ class Watchdog:
                  limit_s: float) -> None:
         self._loop = loop
         self._task = task
-        self.last = loop.time()
+        self.last = perf_counter()
         self.limit_s = limit_s
         self.fired = False
-        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + limit_s,
-                                                                 self._check)
+        self._handle: asyncio.TimerHandle | None = loop.call_later(limit_s, self._check)
 
     def _check(self) -> None:
-        due = self.last + self.limit_s
-        if self._loop.time() >= due:
+        left = self.last + self.limit_s - perf_counter()
+        if left <= 0:
             self._handle = None
             self.fired = True
             self._task.cancel()
         else:
-            self._handle = self._loop.call_at(due, self._check)
+            self._handle = self._loop.call_later(left, self._check)
 
     def switch(self, now: float, limit_s: float) -> None:
         """From the first-token limit to the idle limit (once per turn: re-arms the timer)."""
@@ -124,7 +126,7 @@ class Watchdog:
         self.limit_s = limit_s
         if self._handle is not None:
             self._handle.cancel()
-            self._handle = self._loop.call_at(now + limit_s, self._check)
+            self._handle = self._loop.call_later(now + limit_s - perf_counter(), self._check)
 
     def stop(self) -> None:
         """Disarm (the relay is ending)."""
@@ -163,7 +165,7 @@ class RelayedTurn:
         self._usage: dict[str, int] | None = None
         self._finish_reason = "stop"
         self._metrics: ChatMetrics = app[CHAT_METRICS]
-        self._clock = asyncio.get_running_loop().time
+        self._clock = perf_counter
         # Set by start() with the task, before any event can be delivered.
         self._watchdog: Watchdog
         # The agent stream being followed (from open_upstream): completes at its end.
@@ -176,7 +178,7 @@ class RelayedTurn:
         req = self.request
         try:
             client = agent_client(self.app)
-            self._upstream_start = asyncio.get_running_loop().time()
+            self._upstream_start = perf_counter()
             pending = self._pending = await client.start_stream(
                 req.agent, identity_headers(req, self.turn.turn_id))
             # Followed at once: the first token is published by the callback that reads it.
@@ -229,7 +231,6 @@ class RelayedTurn:
         metrics = self._metrics
         turn = self.turn
         req = self.request
-        loop = asyncio.get_running_loop()
         stream: AgentStream | None = None
         failure: GatewayError | None = None
         finish_reason = "stop"
@@ -243,7 +244,7 @@ class RelayedTurn:
                 raise pending
             if pending is None:
                 client = agent_client(app)
-                self._upstream_start = loop.time()
+                self._upstream_start = perf_counter()
                 stream = await client.open_stream(req.agent,
                                                   identity_headers(req, turn.turn_id))
                 following = stream.follow(self._deliver)

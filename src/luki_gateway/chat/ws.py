@@ -9,6 +9,7 @@ for the resume grace period, then cancelled.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,7 +111,7 @@ def _ended(state: SocketTurns, client_id: str) -> Callable[[], None]:
 async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, Any]) -> None:
     """``chat {id, message, context?}``: start a turn on this socket."""
     trace = TraceContext.new()
-    received = asyncio.get_running_loop().time()
+    received = time.perf_counter()
     try:
         body = load(app[WS_CHAT_SCHEMA], msg)
         client_id: str = body["id"]

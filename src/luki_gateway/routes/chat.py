@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from aiohttp import web
 from marshmallow import Schema
@@ -68,7 +69,7 @@ async def _agent_request(request: web.Request) -> AgentRequest:
 async def chat(request: web.Request) -> web.Response:
     """POST /v1/chat: one turn, answered whole."""
     app = request.app
-    received = asyncio.get_running_loop().time()
+    received = time.perf_counter()
     principal = principal_of(request)
     trace = trace_of(request)
     agent = await _agent_request(request)
@@ -107,7 +108,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     if request.method == "GET" and "turn_id" in request.query:
         return await _resume(request)
     app = request.app
-    received = asyncio.get_running_loop().time()
+    received = time.perf_counter()
     principal = principal_of(request)
     agent = await _agent_request(request)
     agent_client(app)  # no agent configured: a plain 503 before the stream starts
