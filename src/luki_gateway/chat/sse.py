@@ -1,10 +1,12 @@
 """Writing one turn to one SSE client: frames, heartbeats and noticing the client leave.
 
-A :class:`SseSink` is a turn listener. Once the response head is out, each event's frame
-(encoded once by the turn) goes straight to the transport as one HTTP chunk, in the
-relay's own call: no queue, no task switch, one ``transport.write`` per event. Only
-while the client is not reading (transport paused), before the head is sent, or for a
-heartbeat are frames queued for the request handler, which then writes them in order.
+A :class:`SseSink` is a turn listener. The response head is prepared at once but held
+back (up to ``HEAD_WAIT_S``) so that the turn's first event sends it, with the retry
+hint, in one write from the relay's own call. After that each event's frame (encoded
+once by the turn) goes straight to the transport as one HTTP chunk: no queue, no task
+switch, one ``transport.write`` per event. Only while the client is not reading
+(transport paused), before the head is sent, or for a heartbeat are frames queued for
+the request handler, which then writes them in order.
 One watcher task per app looks at every open stream a few times a second: it queues the
 heartbeat comment and notices closed connections even while a turn is silent (aiohttp
 does not cancel the handler when the client leaves), so the upstream is released within a
