@@ -141,6 +141,19 @@ async def test_thousand_open_close_cycles_leak_nothing(make_leases: LeasesFactor
         await lease.release()
 
 
+async def test_a_refresh_overtaken_by_the_release_does_not_bring_the_lease_back(
+        make_leases: LeasesFactory) -> None:
+    """A heartbeat batch can reach the store after the lease's release (another Redis
+    connection's batch may overtake it): the released lease stays gone."""
+    leases = make_leases()
+    lease = await leases.acquire(ALICE, "sse")
+    assert lease.key is not None and lease.member is not None
+    key, member = lease.key, lease.member
+    await lease.release()
+    await leases.store.refresh([(key, member)], leases.ttl_ms)  # the late heartbeat
+    assert await leases.open_count(ALICE, "streams") == 0
+
+
 async def test_unrefreshed_leases_expire_and_heartbeat_keeps_them() -> None:
     """With an injected clock: refreshed leases stay, forgotten ones are reclaimed after TTL."""
     clock = FakeClock()

@@ -32,7 +32,9 @@ return {1, held + 1}
 REFRESH = LuaScript(_NOW + """
 local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+  -- XX: only members still there. A refresh that reaches Redis after the lease's release
+  -- (another connection's batch may overtake it) must not bring the lease back.
+  redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], ttl + 1000)
 end
 return #KEYS
@@ -120,10 +122,12 @@ class MemoryLeaseStore:
         return True
 
     async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
-        """Extend each lease's expiry."""
+        """Extend each lease's expiry (never bringing back a released one)."""
         expiry = self.clock() + ttl_ms / 1000
         for key, member in items:
-            self._sets.setdefault(key, {})[member] = expiry
+            members = self._sets.get(key)
+            if members is not None and member in members:
+                members[member] = expiry
 
     async def release(self, key: str, member: str) -> None:
         """Drop the member (and the key once empty)."""
