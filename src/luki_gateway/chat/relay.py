@@ -143,10 +143,9 @@ class RelayedTurn:
     arrive, with no task switch; the task only waits for the end and settles the turn.
     """
 
-    __slots__ = ("_cancel_reason", "_clock", "_finish_reason", "_following", "_last",
-                 "_metrics", "_pending",
-                 "_upstream_start", "_usage", "_watchdog", "allowance", "app", "request",
-                 "task", "tokens", "turn")
+    __slots__ = ("_cancel_reason", "_finish_reason", "_following", "_last", "_metrics",
+                 "_pending", "_upstream_start", "_usage", "_watchdog", "allowance", "app",
+                 "request", "task", "tokens", "turn")
 
     def __init__(self, app: web.Application, turn: Turn, request: TurnRequest,
                  allowance: TurnAllowance) -> None:
@@ -165,7 +164,6 @@ class RelayedTurn:
         self._usage: dict[str, int] | None = None
         self._finish_reason = "stop"
         self._metrics: ChatMetrics = app[CHAT_METRICS]
-        self._clock = perf_counter
         # Set by start() with the task, before any event can be delivered.
         self._watchdog: Watchdog
         # The agent stream being followed (from open_upstream): completes at its end.
@@ -198,7 +196,7 @@ class RelayedTurn:
         for event in events:
             kind = event.kind
             if kind == "token":
-                now = self._clock()
+                now = perf_counter()
                 self.tokens += 1
                 publish("token", event.data, event.value)  # first: the rest is bookkeeping
                 if self.tokens > 1:
@@ -207,7 +205,7 @@ class RelayedTurn:
                     self._first_token(now)
                 self._last = self._watchdog.last = now
             elif kind == "tool_call":
-                self._watchdog.last = self._clock()
+                self._watchdog.last = perf_counter()
                 publish("tool_call", event.data, event.value)
             elif kind == "done":
                 self._usage = event.value["usage"]
