@@ -83,8 +83,8 @@ class SseSink:
         if self._opening is not None and self._open_with(item.sse):
             return
         transport = self._transport
-        if (self._live and not self.frames and transport is not None
-                and not transport.is_closing() and not self.request.protocol._paused):
+        if self._live and not self.frames and self._writable(transport):
+            assert transport is not None  # _writable checked it
             frame = item.sse
             transport.write(b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame)
             self.sent += 1
@@ -93,6 +93,11 @@ class SseSink:
             return
         self.frames.append(item.sse)
         self.wake()
+
+    def _writable(self, transport: asyncio.Transport | None) -> bool:
+        """A write now reaches a client that is reading (open, not paused)."""
+        return (transport is not None and not transport.is_closing()
+                and not self.request.protocol._paused)
 
     def push(self, frame: bytes) -> None:
         """Queue a frame that is not a turn event (heartbeat)."""
@@ -120,10 +125,8 @@ class SseSink:
         """Write the armed head, the prefix and ``frame`` in one write, from this call (no
         wait for the handler's task); False when that cannot be done at once."""
         response = self._opening
-        transport = self.request.transport
         if (response is None or self.frames or len(frame) > _FIRST_WRITE_MAX
-                or transport is None or transport.is_closing()
-                or self.request.protocol._paused):
+                or not self._writable(self.request.transport)):
             return False
         self._opening = None
         _write_now(response, self._prefix + frame)
