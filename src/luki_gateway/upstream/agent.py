@@ -380,8 +380,6 @@ class AgentStream:
         A failure after some events is kept in ``_failed`` and those events returned;
         a failure before any raises :class:`DownstreamError`.
         """
-        if self._failed is not None:
-            raise self._failed
         events: list[AgentEvent] = []
         try:
             if not chunk:
