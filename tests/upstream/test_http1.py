@@ -274,28 +274,16 @@ def test_reset_before_the_answer_and_mid_body() -> None:
     run_on_both_loops(case)
 
 
-def test_garbage_is_a_bad_response() -> None:
-    """Bytes that are not HTTP/1.1 raise BadResponse and the connection is dropped."""
-    serve = replying(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", linger_s=1.0)
-
-    async def case() -> None:
-        async with scripted(serve) as (url, _):
-            pool = _pool(url)
-            with pytest.raises(BadResponse):
-                await _get(pool)
-            assert pool.in_use == 0 and pool.idle == 0
-
-    run_on_both_loops(case)
-
-
-def test_oversized_or_upgrading_answers_are_bad_responses() -> None:
-    """Endless headers and an unasked-for protocol switch are refused, not waited out."""
+def test_garbage_oversized_or_upgrading_answers_are_bad_responses() -> None:
+    """Bytes that are not HTTP/1.1, endless headers and an unasked-for protocol switch are
+    refused with BadResponse, not waited out, and the connection is dropped."""
+    garbage = b"SSH-2.0-OpenSSH_9.2\r\n\r\n"
     endless = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n"
     upgrade = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                b"Connection: Upgrade\r\n\r\n\x81\x00")
 
     async def case() -> None:
-        for wire in (endless, upgrade):
+        for wire in (garbage, endless, upgrade):
             async with scripted(replying(wire, linger_s=1.0)) as (url, _):
                 pool = _pool(url)
                 with pytest.raises(BadResponse):
