@@ -215,10 +215,14 @@ class Connection(asyncio.Protocol):
         waiter = self._body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        consumer = self._consumer
-        if consumer is not None and self._complete:
-            self._consumer = None
-            consumer.end(None)
+        if self._complete:
+            self._end_consumer(None)
+
+    def _end_consumer(self, error: BaseException | None) -> None:
+        """Push mode: tell the consumer, once, that the body ended (None) or failed."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.end(error)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is not None:
@@ -228,9 +232,7 @@ class Connection(asyncio.Protocol):
         for waiter in (self._head_waiter, self._body_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            consumer.end(exc)
+        self._end_consumer(exc)
         self.close()
 
     def _on_timeout(self) -> None:
@@ -308,11 +310,9 @@ class Connection(asyncio.Protocol):
         if self._consumer is not consumer:
             return  # the consumer let go already
         if self._error is not None:
-            self._consumer = None
-            consumer.end(self._error)
+            self._end_consumer(self._error)
         elif self._complete:
-            self._consumer = None
-            consumer.end(None)
+            self._end_consumer(None)
 
     async def readany(self, idle_timeout_s: float | None = None) -> bytes:
         """The next body bytes; b"" at the end. Raises on a broken or idle upstream."""
