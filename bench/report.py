@@ -150,8 +150,9 @@ def _chat(result: dict[str, Any]) -> list[str]:
     p = result["params"]
     return [f"Reference agent streaming {p.get('tokens_per_turn')} tokens per turn at "
             f"{p.get('tokens_per_s'):.0f} tokens/s; N turns started together; "
-            f"{p.get('rounds')} interleaved rounds. 'Added' = this path minus the direct "
-            "path in the same round.", "", *_table(
+            f"{p.get('rounds')} interleaved rounds; at 1 turn, {p.get('single_turns', 1)} "
+            "turns one after another per round (the TTFT p50 of the round). 'Added' = this "
+            "path minus the direct path in the same round.", "", *_table(
         ["path", "turns", "TTFT p50 ms", "added TTFT p50 ms", "added TTFT p99 ms",
          "gap p99 ms", "added gap p99 ms", "relay CPU µs/token", "complete"], rows)]
 
@@ -179,14 +180,31 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "ratelimit": _ratelimit}
 
 
+def _pinning(m: dict[str, Any]) -> str:
+    if m.get("server_core") is None:
+        return "none: every process on the same core(s), not comparable with a pinned run"
+    return (f"server under test on core {m.get('server_core')}; load generator, upstreams, "
+            f"Redis and subscriber clients on core {m.get('load_core')}")
+
+
 def _machine(results: list[dict[str, Any]]) -> list[str]:
     m = results[0]["machine"]
     v = m.get("versions", {})
-    return [f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_mb')} MB, "
-            f"Linux {m.get('kernel')}; git `{m.get('git_commit')}`",
-            f"- Pinning: server under test on core {m.get('server_core')}; load generator, "
-            f"upstreams, Redis and subscriber clients on core {m.get('load_core')}",
-            "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items())]
+    lines = [f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_mb')} MB, "
+             f"Linux {m.get('kernel')}; git `{m.get('git_commit')}`",
+             f"- Pinning: {_pinning(m)}"]
+    # Scenarios run apart (``--scenario``) may have run otherwise: each says so.
+    for r in results[1:]:
+        other = r["machine"]
+        differs = []
+        if other.get("git_commit") != m.get("git_commit"):
+            differs.append(f"git `{other.get('git_commit')}`")
+        if _pinning(other) != _pinning(m):
+            differs.append(f"pinning {_pinning(other)}")
+        if differs:
+            lines.append(f"  - `{r['scenario']}`: " + ", ".join(differs))
+    lines.append("- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    return lines
 
 
 def latest_results(directory: Path, scenarios: Iterable[str]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .context import Context
 from .machine import machine_facts
-from .procs import REPO, raise_fd_limit
+from .procs import REPO, cpu_count, raise_fd_limit
 from .profile import PROFILES
 
 SCENARIOS = ("proxy", "fanout", "memory", "chat", "ratelimit")
@@ -53,7 +53,20 @@ def _pin_self(ctx: Context) -> None:
         os.sched_setaffinity(0, {ctx.load_core})
 
 
+def _warn_if_confined() -> None:
+    """Say so when this process may use fewer cores than the machine has (``taskset -c 1
+    python -m bench.run`` confines every server it starts to that core as well)."""
+    allowed, online = cpu_count(), os.cpu_count() or 1
+    if allowed < min(2, online):
+        print(f"bench: WARNING: this process may run on {allowed} of {online} cores "
+              "(started under taskset or in a small cpuset?): the servers under test cannot "
+              "get a core of their own, so every server, load generator and upstream shares "
+              "one core and the figures are not comparable with a pinned run. Run it "
+              "without taskset.", file=sys.stderr, flush=True)
+
+
 async def _run(args: argparse.Namespace) -> list[Path]:
+    _warn_if_confined()
     ctx = Context.create(PROFILES[args.profile], allow_wrk=not args.no_wrk)
     _pin_self(ctx)
     raise_fd_limit()

@@ -87,7 +87,8 @@ async def run(ctx: Context) -> ScenarioResult:
     p = ctx.profile
     result = ScenarioResult("chat", "Chat relay (SSE) at 20 tokens/s", p.name)
     result.params.update({"levels": list(p.chat_levels), "tokens_per_turn": p.chat_tokens,
-                          "tokens_per_s": TOKENS_PER_S, "rounds": p.chat_rounds})
+                          "tokens_per_s": TOKENS_PER_S, "rounds": p.chat_rounds,
+                          "single_turns": p.chat_single_turns})
     for name, label in RELAYS.items():
         result.add(name, label)
     agent_port = free_port()

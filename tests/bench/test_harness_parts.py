@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import bench.run as bench_run
 from aiohttp import web
 from bench.gateway import Unavailable
 from bench.httpload import build_request, closed_loop, fetch, open_loop
 from bench.profiling import self_by_package, top_frames
 from bench.record import Contender, guarded
+from bench.report import _machine
 from bench.stats import percentile, summary
 
 
@@ -123,3 +125,26 @@ def test_collapsed_stacks_are_attributed() -> None:
     assert dict(inclusive)["handle (aiohttp/web.py:2)"] == 1.0
     assert dict(own) == {"mw (luki_gateway/m.py:3)": 0.75, "handle (aiohttp/web.py:2)": 0.25}
     assert dict(self_by_package(collapsed)) == {"luki_gateway": 0.75, "aiohttp": 0.25}
+
+
+def test_a_confined_run_warns_and_says_so_in_the_report(
+        monkeypatch: Any, capsys: Any) -> None:
+    """Started under ``taskset -c 1`` (one core of two), the runner warns that nothing can
+    be pinned apart, and the report names the scenario that ran that way."""
+    monkeypatch.setattr(bench_run, "cpu_count", lambda: 1)
+    monkeypatch.setattr(bench_run.os, "cpu_count", lambda: 2)
+    bench_run._warn_if_confined()
+    assert "WARNING: this process may run on 1 of 2 cores" in capsys.readouterr().err
+    monkeypatch.setattr(bench_run, "cpu_count", lambda: 2)
+    bench_run._warn_if_confined()
+    assert capsys.readouterr().err == ""
+
+    pinned = {"server_core": 0, "load_core": 1, "git_commit": "abc"}
+    confined = {"server_core": None, "load_core": None, "git_commit": "abc"}
+    lines = _machine([{"scenario": "proxy", "machine": pinned},
+                      {"scenario": "fanout", "machine": pinned},
+                      {"scenario": "chat", "machine": confined}])
+    assert "- Pinning: server under test on core 0" in lines[1]
+    assert [line for line in lines if line.startswith("  - ")] == [
+        "  - `chat`: pinning none: every process on the same core(s), not comparable "
+        "with a pinned run"]
