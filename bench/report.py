@@ -148,11 +148,12 @@ def _chat(result: dict[str, Any]) -> list[str]:
                      "`luki_chat_upstream_ttft_seconds`)", "; ".join(own), "", "", "", "", "",
                      "", ""])
     p = result["params"]
+    single = (f"; at 1 turn, {p['single_turns']} turns one after another per round (the "
+              "TTFT p50 of the round)" if "single_turns" in p else "")
     return [f"Reference agent streaming {p.get('tokens_per_turn')} tokens per turn at "
             f"{p.get('tokens_per_s'):.0f} tokens/s; N turns started together; "
-            f"{p.get('rounds')} interleaved rounds; at 1 turn, {p.get('single_turns', 1)} "
-            "turns one after another per round (the TTFT p50 of the round). 'Added' = this "
-            "path minus the direct path in the same round.", "", *_table(
+            f"{p.get('rounds')} interleaved rounds{single}. 'Added' = this path minus the "
+            "direct path in the same round.", "", *_table(
         ["path", "turns", "TTFT p50 ms", "added TTFT p50 ms", "added TTFT p99 ms",
          "gap p99 ms", "added gap p99 ms", "relay CPU µs/token", "complete"], rows)]
 
