@@ -248,7 +248,8 @@ class RelayedTurn:
                 following = stream.follow(self._deliver)
             else:
                 stream = await pending.opened()
-                following = self._following or stream.follow(self._deliver)
+                assert self._following is not None  # open_upstream follows what it starts
+                following = self._following
             await following
             finish_reason = self._finish_reason
         except GatewayError as exc:
