@@ -28,8 +28,23 @@ async def test_demo_assets(gateway: Callable[..., Any]) -> None:
     assert "new WebSocket" in await js.text()
     css = await client.get("/demo/demo.css")
     assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
+    icon = await client.get("/demo/favicon.svg")
+    assert icon.status == 200 and icon.headers["Content-Type"] == "image/svg+xml"
     missing = await client.get("/demo/../settings.py")
     assert missing.status == 404
     missing = await client.get("/demo/secret.txt")
     assert missing.status == 404
     assert (await missing.json())["error"]["code"] == "NOT_FOUND"
+
+
+async def test_every_file_the_page_names_is_served(gateway: Callable[..., Any]) -> None:
+    """Each src/href of the page answers 200, and the page names its own icon (else the
+    browser asks for /favicon.ico, a 404 in every visitor's console)."""
+    client = await gateway()
+    html = await (await client.get("/")).text()
+    refs = re.findall(r'(?:src|href)="(/[^"]*)"', html)
+    assert "/demo/favicon.svg" in refs
+    assert re.search(r'<link rel="icon" href="/demo/favicon.svg"', html)
+    for ref in refs:
+        resp = await client.get(ref)
+        assert resp.status == 200, ref

@@ -1,4 +1,4 @@
-"""The demo chat page at ``/`` and its two assets (plain HTML, CSS and JavaScript).
+"""The demo chat page at ``/`` and its assets (plain HTML, CSS, JavaScript and an icon).
 
 The files are read once at start-up and served from memory; the page is CSP-clean (no
 inline script), so the security headers' ``Content-Security-Policy`` applies unchanged.
@@ -17,6 +17,7 @@ from .access import PUBLIC, declare
 _ASSETS = {
     "demo.js": "text/javascript; charset=utf-8",
     "demo.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 
@@ -49,7 +50,7 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def asset(request: web.Request) -> web.Response:
-    """GET /demo/{name}: the page's script and stylesheet."""
+    """GET /demo/{name}: the page's script, stylesheet and icon."""
     found = request.app[DEMO_FILES].assets.get(request.match_info["name"])
     if found is None:
         raise NotFound()
