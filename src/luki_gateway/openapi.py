@@ -112,8 +112,17 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                  "requestBody": {"required": True, "content": {
                      "application/json": {"schema": _ref("ChatRequest")}}},
                  "responses": {"200": _SSE}},
-        "GET": {"summary": "One agent turn as SSE (message in the query, for EventSource)",
-                "responses": {"200": _SSE}}},
+        "GET": {"summary": "One agent turn as SSE (message in the query, for EventSource); "
+                           "with ?turn_id= or Last-Event-ID, the rest of that turn",
+                "parameters": [
+                    {"name": "message", "in": "query", "required": False,
+                     "schema": {"type": "string"}, "description": "starts a new turn"},
+                    {"name": "turn_id", "in": "query", "required": False,
+                     "schema": {"type": "string"}, "description": "resumes this turn"},
+                    {**_LAST_EVENT_ID, "description": "<turn_id>:<seq>: resume that turn "
+                                                      "after this event"}],
+                "responses": {"200": _SSE, "204": {
+                    "description": "the client has the turn's last event: nothing more"}}}},
     "/v1/ws": {"GET": {
         "summary": "WebSocket: chat turns and channel subscriptions (JSON messages with type)",
         "responses": {"101": {"description": "Switching Protocols"}}}},

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from luki_gateway.devstack.agent import reply_tokens
+from luki_gateway.hub.turns import TurnRegistry
+from luki_gateway.settings import ChatSettings
 from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
 
@@ -145,3 +150,97 @@ async def test_redis_down_does_not_stop_the_relay(redis_server: Any, redis_url: 
         assert (await resp.json())["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
     finally:
         redis_server.resume()
+
+
+async def test_eventsource_reconnect_resumes_the_turn(backend: str,
+                                                    start_agent: Callable[..., Any],
+                                                    chat_gateway: Callable[..., Any]) -> None:
+    """An EventSource comes back to the URL that started the turn, with Last-Event-ID: it
+    gets the rest of that turn (not the question asked again), and once it has the done,
+    204 (which tells EventSource to stop reconnecting)."""
+    agent = await start_agent(tokens=30, tokens_per_s=60.0)
+    client = await chat_gateway(agent)
+    url = {"message": "tell me"}
+    resp = await client.get("/v1/chat/stream", params=url, headers=bearer())
+    turn_id = resp.headers["X-LUKi-Turn-Id"]
+    first = await read_events(resp, stop_after=5)
+    resp.close()
+    resp = await client.get("/v1/chat/stream", params=url,
+                            headers={**bearer(), "Last-Event-ID": f"{turn_id}:5"})
+    assert resp.status == 200 and resp.headers["X-LUKi-Turn-Id"] == turn_id
+    events = first + await read_events(resp)
+    assert [e.id for e in events] == [f"{turn_id}:{i}" for i in range(1, 32)]
+    assert _tokens(events) == reply_tokens("tell me", 30)
+    assert [e.event for e in events].count("done") == 1
+    # The reconnect after the done, on either URL: nothing more, and no new turn.
+    for params in (url, {"turn_id": turn_id}):
+        resp = await client.get("/v1/chat/stream", params=params,
+                                headers={**bearer(), "Last-Event-ID": f"{turn_id}:31"})
+        assert resp.status == 204
+        assert await resp.read() == b""
+    assert len(agent.log.streams) == 1
+
+
+async def test_reconnect_refusals(backend: str, start_agent: Callable[..., Any],
+                                  chat_gateway: Callable[..., Any]) -> None:
+    """A reconnect with a malformed Last-Event-ID is a 400, to an unknown turn a 404, to
+    another principal's turn a 403; none of them starts a turn."""
+    agent = await start_agent(tokens=20, tokens_per_s=50.0)
+    client = await chat_gateway(agent)
+    turn_id, _ = await _start(client, bearer("alice"), 1)
+    url = {"message": "again"}
+    for last_event_id, sub, status in (("garbage", "alice", 400), (f"{turn_id}:x", "alice", 400),
+                                       (":3", "alice", 400), ("t_nothere:3", "alice", 404),
+                                       (f"{turn_id}:1", "mallory", 403)):
+        resp = await client.get("/v1/chat/stream", params=url,
+                                headers={**bearer(sub), "Last-Event-ID": last_event_id})
+        assert resp.status == status, last_event_id
+        assert (await resp.json())["error"]["code"] in ("VALIDATION_ERROR", "NOT_FOUND",
+                                                          "FORBIDDEN")
+    assert len(agent.log.streams) == 1
+
+
+async def test_reconnect_after_the_end_on_another_app(redis_url: str,
+                                                      start_agent: Callable[..., Any],
+                                                      chat_gateway: Callable[..., Any]
+                                                      ) -> None:
+    """A turn another process finished: a reconnect that has its done gets 204 at once
+    (not an open stream waiting for events that never come)."""
+    agent = await start_agent(tokens=3, tokens_per_s=200.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    resp = await first_gw.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    events = await read_events(resp)
+    turn_id = resp.headers["X-LUKi-Turn-Id"]
+    assert events[-1].event == "done" and events[-1].id == f"{turn_id}:4"
+    for params in ({"turn_id": turn_id}, {"message": "hi"}):
+        resp = await second_gw.get("/v1/chat/stream", params=params,
+                                   headers={**bearer(), "Last-Event-ID": f"{turn_id}:4"})
+        assert resp.status == 204
+    # One event short of the end: that event, from Redis.
+    resp = await second_gw.get("/v1/chat/stream", params={"message": "hi"},
+                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:3"})
+    assert [e.id for e in await read_events(resp)] == [f"{turn_id}:4"]
+    assert len(agent.log.streams) == 1
+
+
+async def test_remote_follower_that_has_the_end_stops(redis_url: str) -> None:
+    """Following a turn kept in Redis from after its terminal event yields nothing and
+    ends at once, instead of waiting for events until the idle timeout."""
+    redis = aioredis.Redis.from_url(redis_url)
+    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        turn = registry.create("t_finished", "alice")
+        turn.publish("token", b'{"text": "a"}', "a")
+        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+        await registry.flush()
+        assert await registry.remote_end("t_finished") == 2
+        async with asyncio.timeout(2):
+            assert [e.seq async for e in registry.remote_events("t_finished", "alice", 1)] == [2]
+            assert [e async for e in registry.remote_events("t_finished", "alice", 2)] == []
+        live = registry.create("t_live", "alice")
+        live.publish("token", b'{"text": "a"}', "a")
+        await registry.flush()
+        assert await registry.remote_end("t_live") is None
+    finally:
+        await redis.aclose()

@@ -199,3 +199,25 @@ async def test_ws_resume_refused_for_other_principal(start_agent: Callable[..., 
     msg = await spy.receive_json(timeout=5)
     assert msg["error"]["code"] == "FORBIDDEN"
     await asyncio.gather(ws.close(), spy.close())
+
+
+async def test_ws_resume_of_a_finished_turn_held_whole(redis_url: str,
+                                                       start_agent: Callable[..., Any],
+                                                       chat_gateway: Callable[..., Any]) -> None:
+    """Resuming, on another app, a turn the client has to its done: nothing is sent and
+    the id is free again at once (no follower left waiting for events that never come)."""
+    agent = await start_agent(tokens=3, tokens_per_s=200.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    ws = await _connect(first_gw)
+    await ws.send_json({"type": "chat", "id": "c", "message": "short"})
+    msgs = await _until_end(ws, "c")
+    await ws.close()
+    assert msgs[-1]["type"] == "done"
+    ws = await _connect(second_gw)
+    await ws.send_json({"type": "resume", "id": "c", "turn_id": msgs[0]["turn_id"],
+                        "last_seq": msgs[-1]["seq"]})
+    await ws.send_json({"type": "chat", "id": "c", "message": "next"})
+    again = await _until_end(ws, "c")
+    assert again[-1]["type"] == "done" and again[0]["turn_id"] != msgs[0]["turn_id"]
+    await ws.close()

@@ -196,6 +196,9 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
                 state.by_id[client_id] = _Listening(turn, listener)
             return
         await registry.check_remote(turn_id, conn.principal.id)
+        last = await registry.remote_end(turn_id)
+        if last is not None and after >= last:
+            return  # the client has the end already, as for a finished local turn
     except GatewayError as err:
         _send_error(conn, err, msg.get("id"), trace, msg.get("turn_id")
                     if isinstance(msg.get("turn_id"), str) else None)

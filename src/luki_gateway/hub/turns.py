@@ -352,6 +352,21 @@ class TurnRegistry:
         if stored_owner.decode() != owner:
             raise Forbidden("only the principal who started a turn may resume it")
 
+    async def remote_end(self, turn_id: str) -> int | None:
+        """The ``seq`` of the terminal event of a turn kept in Redis, None while it runs
+        (the caller has checked the turn with :meth:`check_remote`)."""
+        redis = self.redis
+        if redis is None:
+            return None
+        try:
+            last: Any = await redis.xrevrange(self.stream_key(turn_id), "+", "-", count=1)
+        except (RedisError, OSError):
+            _reraise_cancel()
+            raise DownstreamUnavailable("turn store unavailable") from None
+        if not last or last[0][1][b"e"].decode() not in TERMINAL:
+            return None
+        return int(last[0][1][b"s"])
+
     async def remote_events(self, turn_id: str, owner: str, after_seq: int
                             ) -> AsyncIterator[TurnEvent]:
         """Events of a turn run by another process: kept ones after ``after_seq``, then live.
@@ -391,6 +406,8 @@ class TurnRegistry:
                 last_id = entry_id.decode()
                 seq = int(fields[b"s"])
                 if seq <= after_seq:
+                    if fields[b"e"].decode() in TERMINAL:
+                        return  # the follower has the end already: nothing more comes
                     continue
                 item = decode_event(prefix, seq, fields[b"e"].decode(), fields[b"d"])
                 yield item

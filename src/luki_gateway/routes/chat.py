@@ -104,9 +104,11 @@ async def chat(request: web.Request) -> web.Response:
 
 
 async def chat_stream(request: web.Request) -> web.StreamResponse:
-    """GET/POST /v1/chat/stream: relay one turn as SSE (GET with turn_id resumes)."""
-    if request.method == "GET" and "turn_id" in request.query:
-        return await _resume(request)
+    """GET/POST /v1/chat/stream: relay one turn as SSE (a GET naming a turn resumes it)."""
+    if request.method == "GET":
+        point = _resume_point(request)
+        if point is not None:
+            return await _resume(request, *point)
     app = request.app
     received = time.perf_counter()
     principal = principal_of(request)
@@ -132,27 +134,45 @@ async def _relay(request: web.Request, turn: Turn, after_seq: int) -> web.Stream
         turn.detach(sink)
 
 
-def _last_seq(request: web.Request, turn_id: str) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if raw is None:
-        return 0
+def _resume_point(request: web.Request) -> tuple[str, int] | None:
+    """The turn a GET resumes and the last ``seq`` its client has, or None for a new turn.
+
+    ``?turn_id=`` resumes that turn (after ``Last-Event-ID``, else from its start). Without
+    it, a ``Last-Event-ID`` means a reconnect: a browser's EventSource comes back to the
+    URL that started the turn (``?message=...``) with the id of the last event it got, and
+    must get the rest of that turn, not the same question asked again.
+    """
+    query = request.query
+    turn_id = query.get("turn_id")
+    raw = request.headers.get("Last-Event-ID") or query.get("last_event_id")
+    if not raw:
+        return None if turn_id is None else (turn_id, 0)
     prefix, sep, seq = raw.rpartition(":")
-    if not sep or prefix != turn_id or not seq.isdigit():
+    if not sep or not prefix or not seq.isdigit() or turn_id not in (None, prefix):
         raise ValidationFailed("Last-Event-ID must be <turn_id>:<seq> of this turn")
-    return int(seq)
+    return prefix, int(seq)
 
 
-async def _resume(request: web.Request) -> web.StreamResponse:
-    """GET /v1/chat/stream?turn_id=...: missed events, then the live rest of the turn."""
+def _nothing_more() -> web.Response:
+    """204: the client has the turn's terminal event; an EventSource stops reconnecting."""
+    return web.Response(status=204)
+
+
+async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamResponse:
+    """Missed events after ``after``, then the live rest of the turn (204 when it ended
+    and the client has its last event)."""
     principal = principal_of(request)
-    turn_id = request.query["turn_id"]
-    after = _last_seq(request, turn_id)
     registry = request.app[TURNS]
     turn = registry.local(turn_id)
     if turn is not None:
         check_owner(turn, principal)
+        if turn.finished and after >= turn.seq:
+            return _nothing_more()
         return await _relay(request, turn, after)
     await registry.check_remote(turn_id, principal.id)
+    last = await registry.remote_end(turn_id)
+    if last is not None and after >= last:
+        return _nothing_more()
     sink = SseSink(request)
     feeder = asyncio.create_task(_follow(request, sink, turn_id, after))
     try:
