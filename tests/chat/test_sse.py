@@ -35,6 +35,25 @@ async def test_sse_relays_tokens_then_one_done(start_agent: Callable[..., Any],
     assert done["trace_id"] == resp.headers["traceparent"].split("-")[1]
 
 
+@pytest.mark.parametrize("first_token_delay_s", [0.0, 0.3])
+async def test_every_block_is_an_event_with_an_id(first_token_delay_s: float,
+                                                  start_agent: Callable[..., Any],
+                                                  chat_gateway: Callable[..., Any]) -> None:
+    """The retry hint is a field of the first event's block, never a block of its own:
+    clients that surface every block (httpx-sse, fetch-event-source) must not see an empty
+    event without an id before the first token (agent fast, or slower than the head)."""
+    agent = await start_agent(tokens=3, first_token_delay_s=first_token_delay_s)
+    client = await chat_gateway(agent)
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    turn_id = resp.headers["X-LUKi-Turn-Id"]
+    blocks = (await resp.read()).decode().split("\n\n")
+    assert blocks.pop() == ""
+    assert blocks[0].startswith(f"retry: 3000\nid: {turn_id}:1\nevent: token\n")
+    ids = [[line for line in block.split("\n") if line.startswith("id: ")] for block in blocks]
+    assert ids == [[f"id: {turn_id}:{seq}"] for seq in range(1, 5)]
+    assert sum("retry:" in b for b in blocks) == 1
+
+
 async def test_head_waits_briefly_for_the_first_token_never_for_long(
         start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]) -> None:
     """The head goes out with the first event when the agent answers at once, and on its

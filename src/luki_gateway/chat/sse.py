@@ -1,8 +1,10 @@
 """Writing one turn to one SSE client: frames, heartbeats and noticing the client leave.
 
 A :class:`SseSink` is a turn listener. The response head is prepared at once but held
-back (up to ``HEAD_WAIT_S``) so that the turn's first event sends it, with the retry
-hint, in one write from the relay's own call. After that each event's frame (encoded
+back (up to ``HEAD_WAIT_S``) so that the turn's first event sends it in one write from the
+relay's own call. The ``retry:`` hint is a field of the first event's block, not a block of
+its own: clients that surface every block (httpx-sse, fetch-event-source) would otherwise
+see an empty event with no id before the first token. After that each event's frame (encoded
 once by the turn) goes straight to the transport as one HTTP chunk: no queue, no task
 switch, one ``transport.write`` per event. Only while the client is not reading
 (transport paused), before the head is sent, or for a heartbeat are frames queued for
@@ -46,7 +48,7 @@ class SseSink:
         "_chunked",
         "_live",
         "_opening",
-        "_prefix",
+        "_retry",
         "_transport",
         "ended",
         "frames",
@@ -74,24 +76,27 @@ class SseSink:
         self.waiter: asyncio.Future[None] | None = None
         # Armed by open_sse: the prepared response whose head the first event sends.
         self._opening: web.StreamResponse | None = None
-        self._prefix = b""
+        # The reconnect hint, sent as a field of the first turn event written (then b"").
+        self._retry = b"retry: %d\n" % request.app[SETTINGS].hub.sse_retry_ms
 
     def __call__(self, item: TurnEvent) -> None:
         """Turn listener (hot path): write the event's frame now, or queue it."""
         if item.event in TERMINAL:
             self.ended = True
-        if self._opening is not None and self._open_with(item.sse):
+        frame = item.sse
+        if self._retry:
+            frame, self._retry = self._retry + frame, b""
+        if self._opening is not None and self._open_with(frame):
             return
         transport = self._transport
         if self._live and not self.frames and self._writable(transport):
             assert transport is not None  # _writable checked it
-            frame = item.sse
             transport.write(b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame)
             self.sent += 1
             if self.ended:
                 self.wake()
             return
-        self.frames.append(item.sse)
+        self.frames.append(frame)
         self.wake()
 
     def _writable(self, transport: asyncio.Transport | None) -> bool:
@@ -110,10 +115,9 @@ class SseSink:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def arm(self, response: web.StreamResponse, prefix: bytes) -> None:
-        """Let the first event send ``response``'s head and ``prefix`` with its own frame."""
+    def arm(self, response: web.StreamResponse) -> None:
+        """Let the first event send ``response``'s head with its own frame."""
         self._opening = response
-        self._prefix = prefix
 
     def disarm(self) -> bool:
         """Stop waiting for the first event; True when the head has not been sent."""
@@ -122,14 +126,14 @@ class SseSink:
         return armed
 
     def _open_with(self, frame: bytes) -> bool:
-        """Write the armed head, the prefix and ``frame`` in one write, from this call (no
-        wait for the handler's task); False when that cannot be done at once."""
+        """Write the armed head and ``frame`` in one write, from this call (no wait for the
+        handler's task); False when that cannot be done at once."""
         response = self._opening
         if (response is None or self.frames or len(frame) > _FIRST_WRITE_MAX
                 or not self._writable(self.request.transport)):
             return False
         self._opening = None
-        _write_now(response, self._prefix + frame)
+        _write_now(response, frame)
         self.sent += 1
         self.wake()
         return True
@@ -273,8 +277,8 @@ class _SseResponse(web.StreamResponse):
 
 
 async def open_sse(request: web.Request, turn_id: str, sink: SseSink) -> web.StreamResponse:
-    """Send the SSE head (no compression, no proxy buffering), the retry hint and the events
-    queued so far, in one write.
+    """Send the SSE head (no compression, no proxy buffering) and the events queued so far,
+    in one write (the head alone when there are none yet).
 
     The head waits up to ``HEAD_WAIT_S`` for the turn's first event: an agent that answers
     at once gets its first token out with the head, written by the relay in the same call
@@ -282,12 +286,11 @@ async def open_sse(request: web.Request, turn_id: str, sink: SseSink) -> web.Str
     """
     response = _SseResponse(headers={**SSE_HEADERS, "X-LUKi-Turn-Id": turn_id})
     await response.prepare(request)  # the head is built now, and sent with the first write
-    prefix = b"retry: %d\n\n" % request.app[SETTINGS].hub.sse_retry_ms
     if not sink.frames:
-        sink.arm(response, prefix)
+        sink.arm(response)
         await sink.first_frame(HEAD_WAIT_S)
         if not sink.disarm():
             return response  # the first event went out with the head
     frames, sink.frames = sink.frames, []
-    await response.write(prefix + b"".join(frames))
+    await response.write(b"".join(frames))  # b"": the head alone, the events follow
     return response
