@@ -10,8 +10,9 @@ from aiohttp import web
 from .headers import PrepareHook
 from .settings import SETTINGS
 
+# Response headers a cross-origin script may read (the turn id: to resume a chat stream).
 _EXPOSED = ("X-Request-ID", "traceparent", "Retry-After", "RateLimit", "RateLimit-Policy",
-            "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+            "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-LUKi-Turn-Id")
 
 
 def setup_cors(app: web.Application) -> PrepareHook | None:

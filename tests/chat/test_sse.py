@@ -54,6 +54,21 @@ async def test_every_block_is_an_event_with_an_id(first_token_delay_s: float,
     assert sum("retry:" in b for b in blocks) == 1
 
 
+async def test_cross_origin_script_may_read_the_turn_id(start_agent: Callable[..., Any],
+                                                       chat_gateway: Callable[..., Any]
+                                                       ) -> None:
+    """A page on another (allowed) origin that POSTs a turn with fetch can read
+    X-LUKi-Turn-Id, which it needs to resume the stream with ?turn_id=."""
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent, cors_origins=["https://app.example"])
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"},
+                             headers={**bearer(), "Origin": "https://app.example"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    exposed = {h.strip().lower() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert "x-luki-turn-id" in exposed
+    assert [e.event for e in await read_events(resp)] == ["token", "token", "done"]
+
+
 async def test_head_waits_briefly_for_the_first_token_never_for_long(
         start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]) -> None:
     """The head goes out with the first event when the agent answers at once, and on its
