@@ -4,7 +4,9 @@ With one channel every event's SSE chunk is shared by all subscribers. With seve
 ``id:`` line has to carry every channel's position (``channel=id,channel=id``) so that the
 browser's automatic ``Last-Event-ID`` resumes all of them; only that line is per connection.
 Keep-alive comments come from the hub's sweep (no task or timer per stream), and the handler
-waits on one future that ``close`` resolves.
+waits on one future that ``close`` resolves. The ``retry:`` hint is a field of the stream's
+first event, not a block of its own: clients that surface every block (httpx-sse,
+fetch-event-source) would otherwise see an empty event before the first one.
 """
 
 from __future__ import annotations
@@ -48,17 +50,19 @@ def parse_last_event_id(raw: str, channels: list[str]) -> dict[str, str]:
 class SseStream(Subscriber):
     """One event stream; writes go straight to the transport as HTTP chunks."""
 
-    __slots__ = ("_ended", "chunked", "previous_send_timeout", "single")
+    __slots__ = ("_ended", "_retry", "chunked", "previous_send_timeout", "single")
 
     kind = "sse"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
                  protocol: BaseProtocol, *, chunked: bool, single: bool,
-                 lease: Lease | None = None, previous_send_timeout: int | None = None
-                 ) -> None:
+                 lease: Lease | None = None, previous_send_timeout: int | None = None,
+                 retry_ms: int | None = None) -> None:
         super().__init__(hub, principal, transport, protocol, lease)
         self.chunked = chunked
         self.single = single
+        # The reconnect hint, sent as a field of the first event (then b"").
+        self._retry = b"" if retry_ms is None else b"retry: %d\n" % retry_ms
         # The socket's TCP_USER_TIMEOUT before the stream (ms), restored at its end.
         self.previous_send_timeout = previous_send_timeout
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -71,15 +75,17 @@ class SseStream(Subscriber):
         return http_chunk(data) if self.chunked else data
 
     def frame_of(self, event: Event) -> bytes:
-        """The shared chunk (one channel) or the body with this stream's composite id."""
-        if self.single and self.chunked:
+        """The shared chunk (one channel), or the body with this stream's composite id (and,
+        on the first event, the retry hint)."""
+        if self.single and self.chunked and not self._retry:
             return event.sse
         channels = self.channels
         channels[event.channel] = event.id
+        retry, self._retry = self._retry, b""
         if self.single:
-            return b"id: %b\n%b" % (event.id.encode(), event.sse_body)
+            return self._frame(b"%bid: %b\n%b" % (retry, event.id.encode(), event.sse_body))
         composite = ",".join(f"{c}={i}" for c, i in channels.items() if i)
-        return self._frame(b"id: %b\n%b" % (composite.encode(), event.sse_body))
+        return self._frame(b"%bid: %b\n%b" % (retry, composite.encode(), event.sse_body))
 
     def notice_frame(self, message: dict[str, Any]) -> bytes:
         """``gap`` / ``reset`` as named SSE events."""

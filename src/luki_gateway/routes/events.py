@@ -170,14 +170,14 @@ async def _open(request: web.Request, response: web.StreamResponse) -> SseStream
         await response.prepare(request)
         # Sent: the headers need not live as long as the stream.
         response.headers.clear()
-        await response.write(b"retry: %d\n\n" % hub.settings.sse_retry_ms)
         transport = request.transport
         if transport is None:
             await _release(request, lease, previous_timeout)
             return None
         stream = SseStream(hub, principal, transport, request.protocol,
                            chunked=request.version >= HttpVersion11, single=len(channels) == 1,
-                           lease=lease, previous_send_timeout=previous_timeout)
+                           lease=lease, previous_send_timeout=previous_timeout,
+                           retry_ms=hub.settings.sse_retry_ms)
         hub.register(stream)
         for channel in channels:
             last_id = resume.get(channel)
