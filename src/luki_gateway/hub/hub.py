@@ -61,6 +61,8 @@ class Hub:
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
+        # The SSE reconnect hint as an event field, one object shared by every stream.
+        self.sse_retry_field = b"retry: %d\n" % settings.sse_retry_ms
         self.broker: Broker = MemoryBroker(self, MemoryHistory(
             settings.history_size, settings.history_ttl_s, clock))
         self.connections: dict[str, Subscriber] = {}

@@ -56,13 +56,13 @@ class SseStream(Subscriber):
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
                  protocol: BaseProtocol, *, chunked: bool, single: bool,
-                 lease: Lease | None = None, previous_send_timeout: int | None = None,
-                 retry_ms: int | None = None) -> None:
+                 lease: Lease | None = None, previous_send_timeout: int | None = None
+                 ) -> None:
         super().__init__(hub, principal, transport, protocol, lease)
         self.chunked = chunked
         self.single = single
-        # The reconnect hint, sent as a field of the first event (then b"").
-        self._retry = b"" if retry_ms is None else b"retry: %d\n" % retry_ms
+        # The reconnect hint (the hub's shared bytes), sent as a field of the first event.
+        self._retry = hub.sse_retry_field
         # The socket's TCP_USER_TIMEOUT before the stream (ms), restored at its end.
         self.previous_send_timeout = previous_send_timeout
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -176,8 +176,7 @@ async def _open(request: web.Request, response: web.StreamResponse) -> SseStream
             return None
         stream = SseStream(hub, principal, transport, request.protocol,
                            chunked=request.version >= HttpVersion11, single=len(channels) == 1,
-                           lease=lease, previous_send_timeout=previous_timeout,
-                           retry_ms=hub.settings.sse_retry_ms)
+                           lease=lease, previous_send_timeout=previous_timeout)
         hub.register(stream)
         for channel in channels:
             last_id = resume.get(channel)
