@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import HttpVersion11, web
 
+from ..hub.hub import HUB
 from ..hub.turns import TERMINAL, TurnEvent
 from ..settings import SETTINGS
 
@@ -76,8 +77,9 @@ class SseSink:
         self.waiter: asyncio.Future[None] | None = None
         # Armed by open_sse: the prepared response whose head the first event sends.
         self._opening: web.StreamResponse | None = None
-        # The reconnect hint, sent as a field of the first turn event written (then b"").
-        self._retry = b"retry: %d\n" % request.app[SETTINGS].hub.sse_retry_ms
+        # The reconnect hint (the hub's, shared with channel streams), sent as a field of
+        # the first turn event written (then b"").
+        self._retry = request.app[HUB].sse_retry_field
 
     def __call__(self, item: TurnEvent) -> None:
         """Turn listener (hot path): write the event's frame now, or queue it."""
@@ -271,7 +273,7 @@ def _write_now(response: web.StreamResponse, data: bytes) -> None:
 
 class _SseResponse(web.StreamResponse):
     """A stream response whose head waits in aiohttp's writer for the first body bytes, so
-    head, retry hint and first events leave in one write (one wake-up of the client)."""
+    head and first events leave in one write (one wake-up of the client)."""
 
     _send_headers_immediately = False
 
