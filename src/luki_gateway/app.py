@@ -31,10 +31,12 @@ from .upstream.sessions import upstream_sessions_ctx
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
     """Build one gateway application from validated settings."""
-    # Header lines up to 16 KiB reach our middlewares, so an over-long token (auth refuses
-    # above max_token_bytes, 8 KiB) gets the JSON 401 instead of aiohttp's plain-text 400.
+    # Header lines up to 16 KiB and request lines up to 64 KiB reach our middlewares, so an
+    # over-long token (auth refuses above max_token_bytes, 8 KiB) gets the JSON 401 and a
+    # long GET (an EventSource URL with a 32k-char message) the JSON 400 that says to POST
+    # it, instead of aiohttp's plain-text 400 that echoes the request line.
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          handler_args={"max_field_size": 16384})
+                          handler_args={"max_field_size": 16384, "max_line_size": 65536})
 
     # Shared state, typed keys only.
     app[SETTINGS] = settings

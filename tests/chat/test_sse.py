@@ -149,9 +149,13 @@ async def test_get_stream_refuses_long_query_message(start_agent: Callable[..., 
     """GET messages are for short prompts; long ones must be POSTed."""
     agent = await start_agent()
     client = await chat_gateway(agent)
-    resp = await client.get("/v1/chat/stream", params={"message": "y" * 3000},
-                            headers=bearer())
-    assert resp.status == 400
+    for chars in (3000, 32768):  # 32768: longer than aiohttp's default request line
+        resp = await client.get("/v1/chat/stream", params={"message": "y" * chars},
+                                headers=bearer())
+        assert resp.status == 400
+        body = await resp.json()  # the documented JSON error, not a plain-text parser 400
+        assert body["error"]["code"] == "VALIDATION_ERROR"
+        assert body["error"]["details"] == {"max_chars": 2000}
 
 
 async def test_stream_needs_auth_and_scope(start_agent: Callable[..., Any],
