@@ -7,6 +7,9 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .settings import SETTINGS, Settings
 
@@ -16,13 +19,19 @@ log = structlog.get_logger("luki.redis")
 
 
 def make_redis(settings: Settings) -> aioredis.Redis:
-    """A client whose every call is bounded by the configured timeout (no 5-second hangs)."""
+    """A client whose every call is bounded by the configured timeout (no 5-second hangs).
+
+    A call that fails on a broken connection (Redis restarted since it was pooled) is sent
+    once more on a fresh one, so a restart costs no request an error; a timeout is not
+    retried (Redis is slow or gone: answer now).
+    """
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=0,
         retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         max_connections=512,
         decode_responses=False,
     )

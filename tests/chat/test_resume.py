@@ -246,3 +246,64 @@ async def test_remote_follower_that_has_the_end_stops(redis_url: str) -> None:
         assert await registry.remote_end("t_live") is None
     finally:
         await redis.aclose()
+
+
+async def test_remote_resume_waits_through_a_quiet_agent(redis_url: str,
+                                                         start_agent: Callable[..., Any],
+                                                         chat_gateway: Callable[..., Any]
+                                                         ) -> None:
+    """Following from another process while the agent is silent for longer than a Redis
+    call may take (0.2 s): the follower keeps waiting and gets the rest, not an error."""
+    agent = await start_agent(tokens=4, tokens_per_s=2.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    turn_id, first = await _start(first_gw, bearer(), 1)
+    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
+                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:1"})
+    assert resp.status == 200
+    events = first + await read_events(resp)
+    assert [e.id for e in events] == [f"{turn_id}:{i}" for i in range(1, 6)]
+    assert _tokens(events) == reply_tokens("tell me", 4)
+    assert events[-1].event == "done" and events[-1].data["finish_reason"] == "stop"
+
+
+async def test_remote_follower_that_leaves_lets_the_turn_go(redis_url: str,
+                                                            start_agent: Callable[..., Any],
+                                                            chat_gateway: Callable[..., Any]
+                                                            ) -> None:
+    """A client that resumed on another process and left again: that process stops
+    following, so the owner abandons the turn after its grace period."""
+    agent = await start_agent(tokens=400, tokens_per_s=10.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url, chat={"resume_grace_s": 0.3})
+    second_gw = await chat_gateway(agent, redis_url=redis_url, chat={"resume_grace_s": 0.3})
+    turn_id, _ = await _start(first_gw, bearer(), 2)
+    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
+                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:2"})
+    assert [e.id for e in await read_events(resp, stop_after=3)] == [
+        f"{turn_id}:{i}" for i in (3, 4, 5)]
+    resp.close()
+    # The follower's watch key lives 3 s after its last refresh; then the grace runs out.
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 6.0)
+
+
+async def test_a_follower_that_loses_redis_says_so_without_skipping(
+        redis_server: Any, redis_url: str, start_agent: Callable[..., Any],
+        chat_gateway: Callable[..., Any]) -> None:
+    """Redis freezes while another process follows a turn: its client gets an error
+    numbered like the last event it got, so a later resume from that id misses nothing."""
+    agent = await start_agent(tokens=100, tokens_per_s=20.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    turn_id, _ = await _start(first_gw, bearer(), 2)
+    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
+                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:2"})
+    got = await read_events(resp, stop_after=2)
+    redis_server.pause()
+    try:
+        got += await read_events(resp)
+    finally:
+        redis_server.resume()
+    assert got[-1].event == "error"
+    assert got[-1].data["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
+    assert got[-1].id == got[-2].id  # not the id of an event it never got
+    assert [e.event for e in got[:-1]] == ["token"] * (len(got) - 1)

@@ -18,14 +18,14 @@ from aiohttp import web
 from marshmallow import Schema
 
 from ..errors import GatewayError, NotFound, RateLimitExceeded, error_message
-from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent, id_prefix, turn_event
+from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent
 from ..routes.ws_protocol import WS_MESSAGE_HANDLERS, WsConnection
 from ..settings import SETTINGS
 from ..tracing import TraceContext
 from ..upstream.agent import AgentRequest
 from ..validation import load
 from .limits import TurnAllowance
-from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, json_data, start_turn
+from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
 from .schema import CancelSchema, ResumeSchema, chat_schema
 from .turn_access import check_owner, resolve_user
 
@@ -206,20 +206,8 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
     listener = ws_listener(conn, client_id, turn_id, _ended(state, client_id))
     listening = _Listening(None, listener)
     state.by_id[client_id] = listening
-    listening.feeder = asyncio.create_task(_follow_remote(app, listener, turn_id,
-                                                          conn.principal.id, after, trace))
-
-
-async def _follow_remote(app: web.Application, listener: Listener, turn_id: str, owner: str,
-                         after: int, trace: TraceContext) -> None:
-    last = after
-    try:
-        async for item in app[TURNS].remote_events(turn_id, owner, after):
-            last = item.seq
-            listener(item)
-    except GatewayError as err:
-        value = err.body(trace.trace_id)
-        listener(turn_event(id_prefix(turn_id), last + 1, "error", json_data(value), value))
+    listening.feeder = asyncio.create_task(app[TURNS].follow(turn_id, conn.principal.id, after,
+                                                             listener, trace.trace_id))
 
 
 def setup_ws(app: web.Application) -> None:

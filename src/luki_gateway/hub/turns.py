@@ -29,7 +29,13 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from ..errors import DownstreamTimeout, DownstreamUnavailable, Forbidden, NotFound
+from ..errors import (
+    DownstreamTimeout,
+    DownstreamUnavailable,
+    Forbidden,
+    GatewayError,
+    NotFound,
+)
 from ..redis_client import redis_of
 from ..settings import SETTINGS, ChatSettings
 
@@ -43,11 +49,17 @@ WATCH_TTL_MS = 3000
 MAX_FINISHED_LOCAL = 1000
 # Flush at most this often, so a burst of tokens becomes one pipeline.
 FLUSH_DELAY_S = 0.02
+# After a failed write the batch is kept and sent again this long after (Redis is back, or
+# the next attempt fails too); at most this many events wait (the oldest go first).
+FLUSH_RETRY_S = 0.5
+MAX_UNFLUSHED = 100_000
 
 
 CLOSE_TIMEOUT_S = 2.0
 
 # KEYS: turn streams; ARGV: maxlen, ttl, then per key a count and (seq, event, data) triples.
+# Each write renews the TTL of the stream and of its ``:meta`` (the owner), so a turn can be
+# resumed from any process for ``ttl`` after its last event, however long it ran.
 APPEND_LUA = """
 local maxlen, ttl, i = ARGV[1], ARGV[2], 3
 for k = 1, #KEYS do
@@ -59,6 +71,7 @@ for k = 1, #KEYS do
     i = i + 3
   end
   redis.call('EXPIRE', KEYS[k], ttl)
+  redis.call('EXPIRE', KEYS[k] .. ':meta', ttl)
 end
 return #KEYS
 """
@@ -196,8 +209,13 @@ class TurnRegistry:
     """The turns of this app: live and recently finished ones, and the Redis copy."""
 
     def __init__(self, settings: ChatSettings, redis: aioredis.Redis | None,
-                 prefix: str) -> None:
+                 prefix: str, redis_timeout_s: float = 0.2) -> None:
         self.resume = settings.resume
+        # Followers block in XREAD for up to WATCH_REFRESH_S: longer than the shared
+        # client's read timeout, so they read through a client of their own whose timeout
+        # covers the block (plus Redis's 100 ms timer granularity), made on first use.
+        self._follow_timeout_s = WATCH_REFRESH_S + 0.5 + redis_timeout_s
+        self._follow_redis: aioredis.Redis | None = None
         self.grace_s = settings.resume_grace_s if settings.resume else 0.0
         self.ttl_s = settings.resume_ttl_s
         self.max_events = settings.resume_max_events if settings.resume else 0
@@ -263,8 +281,20 @@ class TurnRegistry:
         if self.redis is not None and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_forever())
 
+    def _follower(self, redis: aioredis.Redis) -> aioredis.Redis:
+        """The client followers block on (same server and options, longer read timeout)."""
+        if self._follow_redis is None:
+            pool = redis.connection_pool
+            kwargs = {**pool.connection_kwargs, "socket_timeout": self._follow_timeout_s}
+            self._follow_redis = aioredis.Redis.from_pool(
+                type(pool)(connection_class=pool.connection_class, **kwargs))
+        return self._follow_redis
+
     async def close(self) -> None:
-        """Stop the flusher after a last flush."""
+        """Stop the flusher after a last flush; close the followers' client."""
+        follow, self._follow_redis = self._follow_redis, None
+        if follow is not None:
+            await follow.aclose()
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             self._closing = True
@@ -276,18 +306,22 @@ class TurnRegistry:
                 log.warning("turn buffer flusher did not stop in time")
 
     async def _flush_forever(self) -> None:
+        written = True
         while not self._closing:
             await self._wake.wait()
             if not self._closing:
-                await asyncio.sleep(FLUSH_DELAY_S)
+                await asyncio.sleep(FLUSH_DELAY_S if written else FLUSH_RETRY_S)
             self._wake.clear()
-            await self.flush()
+            written = await self.flush()
+            if not written:
+                self._wake.set()  # the kept batch goes again after FLUSH_RETRY_S
 
-    async def flush(self) -> None:
-        """Write queued metadata and events to Redis in one pipeline."""
+    async def flush(self) -> bool:
+        """Write queued metadata and events to Redis in one pipeline; False when that
+        failed (they stay queued, ahead of newer ones, for the next flush)."""
         redis = self.redis
         if redis is None or not (self._pending or self._new_meta):
-            return
+            return True
         pending, self._pending = self._pending, []
         metas, self._new_meta = self._new_meta, []
         pipe = redis.pipeline(transaction=False)
@@ -314,9 +348,25 @@ class TurnRegistry:
             await pipe.execute()
         except (RedisError, OSError) as exc:
             _reraise_cancel()
-            # Resume from another process degrades; the live relay is unaffected.
-            log.warning("turn buffer write failed", error=type(exc).__name__,
-                        events=len(pending))
+            # Resume from another process waits for Redis; the live relay is unaffected.
+            # A batch that reached Redis before the error may be stored twice: followers
+            # skip a seq they have had.
+            self._keep(pending, metas)
+            log.warning("turn buffer write failed; kept for a retry",
+                        error=type(exc).__name__, events=len(self._pending))
+            return False
+        return True
+
+    def _keep(self, pending: list[tuple[str, TurnEvent]], metas: list[tuple[str, str]]
+              ) -> None:
+        """Put a failed batch back in front of what was queued since (bounded)."""
+        self._pending = pending + self._pending
+        self._new_meta = metas + self._new_meta
+        excess = len(self._pending) - MAX_UNFLUSHED
+        if excess > 0:
+            del self._pending[:excess]
+            log.error("turn buffer: Redis unavailable too long, oldest events dropped",
+                      dropped=excess)
 
     async def watched_elsewhere(self, turn_id: str) -> bool:
         """True when a listener on another process is attached to this turn."""
@@ -367,6 +417,24 @@ class TurnRegistry:
             return None
         return int(last[0][1][b"s"])
 
+    async def follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
+                     trace_id: str) -> None:
+        """Hand a turn run by another process to ``listener`` until its end.
+
+        When it cannot be followed (Redis down, the turn stopped without an end) the
+        listener gets an ``error`` numbered like the last event it got, so a resume after
+        that error misses nothing.
+        """
+        last = after_seq
+        try:
+            async for item in self.remote_events(turn_id, owner, after_seq):
+                last = item.seq
+                listener(item)
+        except GatewayError as err:
+            value = err.body(trace_id)
+            listener(turn_event(id_prefix(turn_id), last, "error",
+                                json.dumps(value).encode(), value))
+
     async def remote_events(self, turn_id: str, owner: str, after_seq: int
                             ) -> AsyncIterator[TurnEvent]:
         """Events of a turn run by another process: kept ones after ``after_seq``, then live.
@@ -382,17 +450,22 @@ class TurnRegistry:
         prefix = id_prefix(turn_id)
         last_id = "0-0"
         first = True
-        quiet_since = time.monotonic()
+        quiet_since = watched_at = time.monotonic()
         batch: Any
         while True:
             try:
-                await redis.set(f"{key}:watch", b"1", px=WATCH_TTL_MS)
+                if first or time.monotonic() - watched_at >= WATCH_REFRESH_S:
+                    await redis.set(f"{key}:watch", b"1", px=WATCH_TTL_MS)
+                    watched_at = time.monotonic()
                 if first:
                     batch = await redis.xrange(key, "-", "+")
                 else:
-                    found: Any = await redis.xread({key: last_id},
-                                              block=int(WATCH_REFRESH_S * 1000))
+                    found: Any = await self._follower(redis).xread(
+                        {key: last_id}, block=int(WATCH_REFRESH_S * 1000))
                     batch = found[0][1] if found else []
+                # redis-py can swallow a cancel that lands as its read times out (the
+                # call then returns normally): a follower whose client left must stop.
+                _reraise_cancel()
             except (RedisError, OSError):
                 _reraise_cancel()
                 raise DownstreamUnavailable("turn store unavailable") from None
@@ -406,10 +479,12 @@ class TurnRegistry:
                 last_id = entry_id.decode()
                 seq = int(fields[b"s"])
                 if seq <= after_seq:
+                    # Had already, or stored twice (a batch resent after a broken connection).
                     if fields[b"e"].decode() in TERMINAL:
                         return  # the follower has the end already: nothing more comes
                     continue
                 item = decode_event(prefix, seq, fields[b"e"].decode(), fields[b"d"])
+                after_seq = seq
                 yield item
                 if item.event in TERMINAL:
                     return
@@ -426,7 +501,8 @@ TURNS = web.AppKey("turns", TurnRegistry)
 async def turns_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the turn registry and, with Redis, its flusher."""
     settings = app[SETTINGS]
-    registry = TurnRegistry(settings.chat, redis_of(app), settings.redis_prefix)
+    registry = TurnRegistry(settings.chat, redis_of(app), settings.redis_prefix,
+                            settings.redis_timeout_s)
     app[TURNS] = registry
     registry.start()
     try:

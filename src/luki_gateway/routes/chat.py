@@ -21,7 +21,6 @@ from ..chat.relay import (
     TurnRequest,
     agent_client,
     identity_headers,
-    json_data,
     new_turn_id,
     open_turn,
     relays_ctx,
@@ -32,7 +31,7 @@ from ..chat.sse import SseSink, open_sse, sse_streams_ctx
 from ..chat.turn_access import check_owner, resolve_user
 from ..chat.ws import setup_ws
 from ..errors import GatewayError, ValidationFailed
-from ..hub.turns import TURNS, Turn, id_prefix, turn_event
+from ..hub.turns import TURNS, Turn
 from ..settings import SETTINGS
 from ..tracing import trace_of
 from ..upstream.agent import AgentRequest
@@ -174,7 +173,8 @@ async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamR
     if last is not None and after >= last:
         return _nothing_more()
     sink = SseSink(request)
-    feeder = asyncio.create_task(_follow(request, sink, turn_id, after))
+    feeder = asyncio.create_task(registry.follow(turn_id, principal.id, after, sink,
+                                                 trace_of(request).trace_id))
     try:
         response = await open_sse(request, turn_id, sink)
         with contextlib.suppress(ConnectionError):
@@ -182,19 +182,6 @@ async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamR
         return response
     finally:
         feeder.cancel()
-
-
-async def _follow(request: web.Request, sink: SseSink, turn_id: str, after: int) -> None:
-    """Feed a turn kept in Redis into ``sink`` (another process runs it)."""
-    last = after
-    try:
-        async for item in request.app[TURNS].remote_events(
-                turn_id, principal_of(request).id, after):
-            last = item.seq
-            sink(item)
-    except GatewayError as err:
-        value = err.body(trace_of(request).trace_id)
-        sink(turn_event(id_prefix(turn_id), last + 1, "error", json_data(value), value))
 
 
 def setup(app: web.Application) -> None:

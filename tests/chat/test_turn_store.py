@@ -1,0 +1,104 @@
+"""The Redis copy of resumable turns under faults: stalls, restarts, long turns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from luki_gateway.hub.turns import TurnRegistry
+from luki_gateway.redis_client import make_redis
+from luki_gateway.settings import ChatSettings, Settings
+from tests.redis_server import RedisServer
+
+
+async def _seqs(registry: TurnRegistry, turn_id: str, after: int = 0) -> list[int]:
+    async with asyncio.timeout(5):
+        return [e.seq async for e in registry.remote_events(turn_id, "alice", after)]
+
+
+async def test_a_write_that_fails_is_sent_again(redis_server: RedisServer, redis_url: str,
+                                                make_settings: Callable[..., Settings]
+                                                ) -> None:
+    """Events queued while Redis is frozen are not lost: the failed batch is kept and
+    written once Redis answers again, in order, each seq once for a follower."""
+    redis = make_redis(make_settings(redis_url=redis_url))
+    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        turn = registry.create("t_stall", "alice")
+        turn.publish("token", b'{"text": "a"}', "a")
+        assert await registry.flush()
+        redis_server.pause()
+        try:
+            for text in "bcd":
+                turn.publish("token", b'{"text": "%s"}' % text.encode(), text)
+            registry.create("t_started_meanwhile", "alice")
+            assert not await registry.flush()  # timed out: kept
+        finally:
+            redis_server.resume()
+        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+        assert await registry.flush()
+        assert await _seqs(registry, "t_stall") == [1, 2, 3, 4, 5]
+        await registry.check_remote("t_started_meanwhile", "alice")  # its owner was kept
+    finally:
+        await registry.close()
+        await redis.aclose()
+
+
+async def test_followers_skip_an_event_stored_twice(redis_url: str) -> None:
+    """A batch resent after a broken connection may be stored twice: followers get each
+    seq once."""
+    redis = make_redis(Settings(redis_url=redis_url))
+    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        turn = registry.create("t_twice", "alice")
+        turn.publish("token", b'{"text": "a"}', "a")
+        turn.publish("token", b'{"text": "b"}', "b")
+        assert await registry.flush()
+        await redis.xadd("lgw:turn:t_twice", {"s": 2, "e": "token", "d": b'{"text": "b"}'})
+        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+        assert await registry.flush()
+        assert await _seqs(registry, "t_twice") == [1, 2, 3]
+        assert await _seqs(registry, "t_twice", after=1) == [2, 3]
+    finally:
+        await registry.close()
+        await redis.aclose()
+
+
+async def test_a_long_turn_stays_resumable_after_its_end(redis_url: str) -> None:
+    """The owner record lives as long as the events: each write renews both TTLs, so a
+    turn that ran longer than the TTL is still resumable from another process."""
+    redis = make_redis(Settings(redis_url=redis_url))
+    registry = TurnRegistry(ChatSettings(resume_ttl_s=60), redis, "lgw:")
+    try:
+        turn = registry.create("t_long", "alice")
+        turn.publish("token", b'{"text": "a"}', "a")
+        assert await registry.flush()
+        await redis.pexpire("lgw:turn:t_long:meta", 300)  # as if the turn ran for a while
+        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+        assert await registry.flush()
+        assert await redis.pttl("lgw:turn:t_long:meta") > 50_000
+        await asyncio.sleep(0.4)
+        assert await _seqs(registry, "t_long") == [1, 2]
+    finally:
+        await registry.close()
+        await redis.aclose()
+
+
+async def test_a_redis_restart_costs_no_call_an_error(redis_server: RedisServer,
+                                                      redis_url: str,
+                                                      gateway: Callable[..., Any]) -> None:
+    """Pooled connections broken by a restart are replaced on their next use: the call
+    is sent again on a fresh one instead of failing (and /ready stays ready)."""
+    redis = make_redis(Settings(redis_url=redis_url))
+    client = await gateway(redis_url=redis_url)
+    try:
+        await asyncio.gather(*(redis.ping() for _ in range(5)))  # several pooled connections
+        assert (await client.get("/ready")).status == 200
+        redis_server.restart()
+        assert all(await asyncio.gather(*(redis.ping() for _ in range(5))))
+        for _ in range(3):
+            resp = await client.get("/ready")
+            assert resp.status == 200, await resp.text()
+    finally:
+        await redis.aclose()
