@@ -221,3 +221,34 @@ async def test_ws_resume_of_a_finished_turn_held_whole(redis_url: str,
     again = await _until_end(ws, "c")
     assert again[-1]["type"] == "done" and again[0]["turn_id"] != msgs[0]["turn_id"]
     await ws.close()
+
+
+async def test_ws_cancel_of_a_turn_resumed_on_another_app(redis_url: str,
+                                                          start_agent: Callable[..., Any],
+                                                          chat_gateway: Callable[..., Any]
+                                                          ) -> None:
+    """cancel {id} of a turn another process runs: that process stops the upstream (no
+    waiting for the grace period) and the client gets the turn's own done (cancelled, with
+    its turn_id, seq and usage)."""
+    agent = await start_agent(tokens=400, tokens_per_s=20.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    ws = await _connect(first_gw)
+    await ws.send_json({"type": "chat", "id": "c", "message": "cancel me elsewhere"})
+    first = [await ws.receive_json(timeout=5) for _ in range(2)]
+    await ws.close()
+    turn_id = first[0]["turn_id"]
+    ws = await _connect(second_gw)
+    await ws.send_json({"type": "resume", "id": "r", "turn_id": turn_id, "last_seq": 2})
+    assert (await ws.receive_json(timeout=5))["seq"] == 3
+    cancelled_at = time.monotonic()
+    await ws.send_json({"type": "cancel", "id": "r"})
+    rest = await _until_end(ws, "r")
+    done = rest[-1]
+    assert done["type"] == "done" and done["finish_reason"] == "cancelled"
+    assert done["turn_id"] == turn_id
+    assert done["seq"] == rest[-2]["seq"] + 1 if len(rest) > 1 else done["seq"] > 3
+    assert done["usage"]["output_tokens"] == done["seq"] - 1
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    assert time.monotonic() - cancelled_at < 2.5  # well before the 15 s grace period
+    await ws.close()

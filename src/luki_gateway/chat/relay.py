@@ -348,7 +348,7 @@ def _new_turn(app: web.Application, request: TurnRequest, allowance: TurnAllowan
               ) -> RelayedTurn:
     turn = app[TURNS].create(new_turn_id(), request.principal.id)
     relayed = RelayedTurn(app, turn, request, allowance)
-    turn.abandon = lambda: relayed.cancel("client_gone")
+    turn.abandon = relayed.cancel
     app[RELAYS].add(relayed)
     return relayed
 

@@ -29,12 +29,17 @@ from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
 from .schema import CancelSchema, ResumeSchema, chat_schema
 from .turn_access import check_owner, resolve_user
 
+# A turn followed from another process ends this long after its cancel at the latest:
+# by the owner's own done (cancelled), else here (the owner did not act: it is gone).
+REMOTE_CANCEL_WAIT_S = 3.0
+
 
 @dataclass(slots=True)
 class _Listening:
     turn: Turn | None
     listener: Listener
     feeder: asyncio.Task[None] | None = None
+    turn_id: str = ""
 
 
 @dataclass(slots=True)
@@ -165,12 +170,25 @@ async def handle_cancel(app: web.Application, conn: WsConnection, msg: dict[str,
     if relayed is not None:
         relayed.cancel("cancelled")
         return
-    # A turn followed from another process: stop following and end it for this client.
+    # A turn followed from another process: its owner stops it and its done (cancelled,
+    # with usage) arrives through the follower; if it does not come in time, end it here.
+    if await app[TURNS].request_cancel(listening.turn_id):
+        asyncio.get_running_loop().call_later(
+            REMOTE_CANCEL_WAIT_S, _end_followed, conn, state, client_id, listening, trace)
+    else:
+        _end_followed(conn, state, client_id, listening, trace)
+
+
+def _end_followed(conn: WsConnection, state: SocketTurns, client_id: str,
+                  listening: _Listening, trace: TraceContext) -> None:
+    """Stop following a turn of another process; ``done`` cancelled for this client."""
+    if state.by_id.get(client_id) is not listening:
+        return  # it ended already (the owner's done came)
     if listening.feeder is not None:
         listening.feeder.cancel()
     state.by_id.pop(client_id, None)
-    conn.send_json({"type": "done", "id": client_id, "finish_reason": "cancelled",
-                    "trace_id": trace.trace_id})
+    conn.send_json({"type": "done", "id": client_id, "turn_id": listening.turn_id,
+                    "finish_reason": "cancelled", "trace_id": trace.trace_id})
 
 
 async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str, Any]
@@ -204,7 +222,7 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
                     if isinstance(msg.get("turn_id"), str) else None)
         return
     listener = ws_listener(conn, client_id, turn_id, _ended(state, client_id))
-    listening = _Listening(None, listener)
+    listening = _Listening(None, listener, turn_id=turn_id)
     state.by_id[client_id] = listening
     listening.feeder = asyncio.create_task(app[TURNS].follow(turn_id, conn.principal.id, after,
                                                              listener, trace.trace_id))

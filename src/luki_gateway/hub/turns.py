@@ -8,11 +8,13 @@ milliseconds), so relaying a token costs a list append, not a round trip.
 
 When the last listener leaves a running turn, the upstream is kept for the grace period
 (``chat.resume_grace_s``; 0 when resume is off) and then abandoned. A listener on another
-process keeps it alive through the key ``<prefix>turn:<turn_id>:watch`` (short TTL).
+process keeps it alive through the key ``<prefix>turn:<turn_id>:watch`` (short TTL), and
+can cancel it through ``<prefix>turn:<turn_id>:cancel``.
 
 Redis keys: ``turn:<id>`` (stream: fields ``s`` seq, ``e`` event, ``d`` JSON data; capped
 with MAXLEN ~; TTL ``chat.resume_ttl_s``), ``turn:<id>:meta`` (hash: owner; same TTL),
-``turn:<id>:watch`` (a remote listener is attached; TTL a few seconds).
+``turn:<id>:watch`` (a remote listener is attached; TTL a few seconds), ``turn:<id>:cancel``
+(a client on another process cancelled the turn; the owner stops it).
 """
 
 from __future__ import annotations
@@ -139,8 +141,9 @@ class Turn:
         # More events than the resume buffer holds: resuming from the start is impossible.
         self.overflowed = False
         self.created_at = time.monotonic()
-        # Called once when the turn is left alone past the grace period (cancels upstream).
-        self.abandon: Callable[[], None] | None = None
+        # Called once with the reason ("client_gone", or "cancelled" when a client on
+        # another process asked) to stop the turn's upstream.
+        self.abandon: Callable[[str], None] | None = None
         self._grace: asyncio.Task[None] | None = None
 
     def publish(self, event: str, data: bytes, value: Any) -> TurnEvent:
@@ -195,14 +198,26 @@ class Turn:
             self._grace = None
 
     async def _grace_then_abandon(self) -> None:
+        """Abandon the turn once nobody has listened for the grace period, here or (through
+        Redis) elsewhere; stop it at once when a client elsewhere cancels it."""
         registry = self._registry
+        # With Redis, look every WATCH_REFRESH_S: a cancel from elsewhere acts within ~1 s.
+        step = min(registry.grace_s, WATCH_REFRESH_S) if registry.redis else registry.grace_s
+        alone_since = time.monotonic()
+        reason = "client_gone"
         while True:
-            await asyncio.sleep(registry.grace_s)
-            if not await registry.watched_elsewhere(self.turn_id):
+            await asyncio.sleep(step)
+            elsewhere = await registry.elsewhere(self.turn_id)
+            if elsewhere == "cancel":
+                reason = "cancelled"
+                break
+            if elsewhere == "watched":
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since >= registry.grace_s:
                 break
         self._grace = None
         if not self.listeners and not self.finished and self.abandon is not None:
-            self.abandon()
+            self.abandon(reason)
 
 
 class TurnRegistry:
@@ -368,14 +383,33 @@ class TurnRegistry:
             log.error("turn buffer: Redis unavailable too long, oldest events dropped",
                       dropped=excess)
 
-    async def watched_elsewhere(self, turn_id: str) -> bool:
-        """True when a listener on another process is attached to this turn."""
+    async def elsewhere(self, turn_id: str) -> str | None:
+        """What other processes want of this turn: "cancel" (a client there cancelled it),
+        "watched" (a client there follows it) or None."""
+        if self.redis is None:
+            return None
+        key = self.stream_key(turn_id)
+        try:
+            watch, cancel = await self.redis.mget(f"{key}:watch", f"{key}:cancel")
+        except (RedisError, OSError):
+            _reraise_cancel()
+            return None
+        if cancel is not None:
+            return "cancel"
+        return "watched" if watch is not None else None
+
+    async def request_cancel(self, turn_id: str) -> bool:
+        """Ask the process running ``turn_id`` to cancel it (it looks within ~1 s while no
+        client of its own listens); False when Redis cannot take the request."""
         if self.redis is None:
             return False
         try:
-            return bool(await self.redis.exists(f"{self.stream_key(turn_id)}:watch"))
+            await self.redis.set(f"{self.stream_key(turn_id)}:cancel", b"1",
+                                 px=int(self.ttl_s * 1000))
         except (RedisError, OSError):
+            _reraise_cancel()
             return False
+        return True
 
     async def check_remote(self, turn_id: str, owner: str) -> None:
         """Raise unless ``owner`` may follow turn ``turn_id`` kept in Redis.
