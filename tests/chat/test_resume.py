@@ -29,6 +29,19 @@ async def _start(client: Any, headers: dict[str, str], n: int) -> tuple[str, lis
     return turn_id, first
 
 
+async def _pair(chat_gateway: Callable[..., Any], agent: Any, redis_url: str,
+                chat: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Two gateways sharing one Redis: two processes of one deployment."""
+    return (await chat_gateway(agent, redis_url=redis_url, chat=chat),
+            await chat_gateway(agent, redis_url=redis_url, chat=chat))
+
+
+async def _resume_on(client: Any, turn_id: str, seq: int) -> Any:
+    """GET the rest of ``turn_id`` after ``seq`` (an SSE reconnect) from ``client``."""
+    return await client.get("/v1/chat/stream", params={"turn_id": turn_id},
+                            headers={**bearer(), "Last-Event-ID": f"{turn_id}:{seq}"})
+
+
 async def test_resume_on_the_same_process(backend: str, start_agent: Callable[..., Any],
                                           chat_gateway: Callable[..., Any]) -> None:
     """Disconnect mid-turn, resume with Last-Event-ID: the rest once, in order, one done."""
@@ -255,11 +268,9 @@ async def test_remote_resume_waits_through_a_quiet_agent(redis_url: str,
     """Following from another process while the agent is silent for longer than a Redis
     call may take (0.2 s): the follower keeps waiting and gets the rest, not an error."""
     agent = await start_agent(tokens=4, tokens_per_s=2.0)
-    first_gw = await chat_gateway(agent, redis_url=redis_url)
-    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    first_gw, second_gw = await _pair(chat_gateway, agent, redis_url)
     turn_id, first = await _start(first_gw, bearer(), 1)
-    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
-                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:1"})
+    resp = await _resume_on(second_gw, turn_id, 1)
     assert resp.status == 200
     events = first + await read_events(resp)
     assert [e.id for e in events] == [f"{turn_id}:{i}" for i in range(1, 6)]
@@ -274,11 +285,9 @@ async def test_remote_follower_that_leaves_lets_the_turn_go(redis_url: str,
     """A client that resumed on another process and left again: that process stops
     following, so the owner abandons the turn after its grace period."""
     agent = await start_agent(tokens=400, tokens_per_s=10.0)
-    first_gw = await chat_gateway(agent, redis_url=redis_url, chat={"resume_grace_s": 0.3})
-    second_gw = await chat_gateway(agent, redis_url=redis_url, chat={"resume_grace_s": 0.3})
+    first_gw, second_gw = await _pair(chat_gateway, agent, redis_url, {"resume_grace_s": 0.3})
     turn_id, _ = await _start(first_gw, bearer(), 2)
-    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
-                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:2"})
+    resp = await _resume_on(second_gw, turn_id, 2)
     assert [e.id for e in await read_events(resp, stop_after=3)] == [
         f"{turn_id}:{i}" for i in (3, 4, 5)]
     resp.close()
@@ -292,11 +301,9 @@ async def test_a_follower_that_loses_redis_says_so_without_skipping(
     """Redis freezes while another process follows a turn: its client gets an error
     numbered like the last event it got, so a later resume from that id misses nothing."""
     agent = await start_agent(tokens=100, tokens_per_s=20.0)
-    first_gw = await chat_gateway(agent, redis_url=redis_url)
-    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    first_gw, second_gw = await _pair(chat_gateway, agent, redis_url)
     turn_id, _ = await _start(first_gw, bearer(), 2)
-    resp = await second_gw.get("/v1/chat/stream", params={"turn_id": turn_id},
-                               headers={**bearer(), "Last-Event-ID": f"{turn_id}:2"})
+    resp = await _resume_on(second_gw, turn_id, 2)
     got = await read_events(resp, stop_after=2)
     redis_server.pause()
     try:

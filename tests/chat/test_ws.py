@@ -35,6 +35,19 @@ async def _until_end(ws: ClientWebSocketResponse, client_id: str,
             return out
 
 
+async def _dropped_elsewhere(chat_gateway: Callable[..., Any], agent: Any, redis_url: str,
+                             message: str, seen: int) -> tuple[Any, list[dict[str, Any]]]:
+    """Start a WS turn on one gateway, read ``seen`` messages, close that socket; returns a
+    second gateway on the same Redis (another process) and the messages read."""
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    ws = await _connect(first_gw)
+    await ws.send_json({"type": "chat", "id": "c", "message": message})
+    first = [await ws.receive_json(timeout=5) for _ in range(seen)]
+    await ws.close()
+    return second_gw, first
+
+
 async def test_ws_chat_turn(start_agent: Callable[..., Any],
                             chat_gateway: Callable[..., Any]) -> None:
     """chat {id, message}: tokens tagged with id and turn_id, then one done."""
@@ -171,12 +184,7 @@ async def test_ws_resume_on_another_app(redis_url: str, start_agent: Callable[..
                                         chat_gateway: Callable[..., Any]) -> None:
     """A WS resume on a second gateway sharing Redis follows the turn to its end."""
     agent = await start_agent(tokens=30, tokens_per_s=60.0)
-    first_gw = await chat_gateway(agent, redis_url=redis_url)
-    second_gw = await chat_gateway(agent, redis_url=redis_url)
-    ws = await _connect(first_gw)
-    await ws.send_json({"type": "chat", "id": "c", "message": "resume me"})
-    first = [await ws.receive_json(timeout=5) for _ in range(3)]
-    await ws.close()
+    second_gw, first = await _dropped_elsewhere(chat_gateway, agent, redis_url, "resume me", 3)
     ws = await _connect(second_gw)
     await ws.send_json({"type": "resume", "id": "c", "turn_id": first[0]["turn_id"],
                         "last_seq": 3})
@@ -231,12 +239,8 @@ async def test_ws_cancel_of_a_turn_resumed_on_another_app(redis_url: str,
     waiting for the grace period) and the client gets the turn's own done (cancelled, with
     its turn_id, seq and usage)."""
     agent = await start_agent(tokens=400, tokens_per_s=20.0)
-    first_gw = await chat_gateway(agent, redis_url=redis_url)
-    second_gw = await chat_gateway(agent, redis_url=redis_url)
-    ws = await _connect(first_gw)
-    await ws.send_json({"type": "chat", "id": "c", "message": "cancel me elsewhere"})
-    first = [await ws.receive_json(timeout=5) for _ in range(2)]
-    await ws.close()
+    second_gw, first = await _dropped_elsewhere(chat_gateway, agent, redis_url,
+                                                "cancel me elsewhere", 2)
     turn_id = first[0]["turn_id"]
     ws = await _connect(second_gw)
     await ws.send_json({"type": "resume", "id": "r", "turn_id": turn_id, "last_seq": 2})
