@@ -102,3 +102,22 @@ async def test_a_redis_restart_costs_no_call_an_error(redis_server: RedisServer,
             assert resp.status == 200, await resp.text()
     finally:
         await redis.aclose()
+
+
+async def test_an_owner_record_lost_by_redis_is_written_again(redis_url: str) -> None:
+    """Redis lost a running turn's owner record (restarted without persistence): the
+    turn's next write stores it again, so the turn is resumable elsewhere again."""
+    redis = make_redis(Settings(redis_url=redis_url))
+    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        turn = registry.create("t_lost", "alice")
+        turn.publish("token", b'{"text": "a"}', "a")
+        assert await registry.flush()
+        await redis.delete("lgw:turn:t_lost:meta")
+        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+        assert await registry.flush()
+        await registry.check_remote("t_lost", "alice")
+        assert await _seqs(registry, "t_lost") == [1, 2]
+    finally:
+        await registry.close()
+        await redis.aclose()

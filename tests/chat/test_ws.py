@@ -256,3 +256,28 @@ async def test_ws_cancel_of_a_turn_resumed_on_another_app(redis_url: str,
     await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
     assert time.monotonic() - cancelled_at < 2.5  # well before the 15 s grace period
     await ws.close()
+
+
+async def test_ws_cancel_elsewhere_while_the_owner_still_has_a_listener(
+        redis_url: str, start_agent: Callable[..., Any],
+        chat_gateway: Callable[..., Any]) -> None:
+    """The turn's first socket still listens on its own process; a second socket on
+    another process resumes it and cancels: the turn stops where it runs, both sockets get
+    its one done cancelled."""
+    agent = await start_agent(tokens=400, tokens_per_s=20.0)
+    first_gw = await chat_gateway(agent, redis_url=redis_url)
+    second_gw = await chat_gateway(agent, redis_url=redis_url)
+    owner_ws = await _connect(first_gw)
+    await owner_ws.send_json({"type": "chat", "id": "c", "message": "two screens"})
+    turn_id = (await owner_ws.receive_json(timeout=5))["turn_id"]
+    ws = await _connect(second_gw)
+    await ws.send_json({"type": "resume", "id": "r", "turn_id": turn_id, "last_seq": 1})
+    await ws.receive_json(timeout=5)
+    await ws.send_json({"type": "cancel", "id": "r"})
+    here, there = await _until_end(ws, "r"), await _until_end(owner_ws, "c")
+    assert here[-1]["finish_reason"] == there[-1]["finish_reason"] == "cancelled"
+    assert here[-1]["seq"] == there[-1]["seq"]
+    assert "usage" in here[-1]
+    await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
+    await ws.close()
+    await owner_ws.close()

@@ -96,6 +96,17 @@ async def test_killed_redis_fails_fast_then_recovers(
     assert await wait_until_allowed(limiter) < 2.0
 
 
+async def test_a_restart_costs_no_decision_an_error(
+        limiter: RedisLimiter, redis_server: RedisServer, errors: list[int]) -> None:
+    """Redis restarted between two decisions: the pooled connection is broken, the next
+    decision goes out again on a fresh one (and reloads the script) instead of failing."""
+    await limiter.decide(WINDOWS, 1)
+    redis_server.restart()
+    for _ in range(3):
+        assert (await limiter.decide(WINDOWS, 1)).allowed
+    assert errors == []
+
+
 async def test_frozen_redis_times_out_within_bound_then_recovers(
         limiter: RedisLimiter, redis_server: RedisServer) -> None:
     """Redis SIGSTOPped: decisions fail after the timeout, not 5 s; SIGCONT: they pass again."""

@@ -20,6 +20,7 @@ with MAXLEN ~; TTL ``chat.resume_ttl_s``), ``turn:<id>:meta`` (hash: owner; same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import OrderedDict
@@ -59,21 +60,26 @@ MAX_UNFLUSHED = 100_000
 
 CLOSE_TIMEOUT_S = 2.0
 
-# KEYS: turn streams; ARGV: maxlen, ttl, then per key a count and (seq, event, data) triples.
-# Each write renews the TTL of the stream and of its ``:meta`` (the owner), so a turn can be
-# resumed from any process for ``ttl`` after its last event, however long it ran.
+# KEYS: turn streams; ARGV: maxlen, ttl, then per key its owner, a count and (seq, event,
+# data) triples. Each write renews the stream's TTL and its ``:meta`` (the owner, written
+# again in case Redis lost it), so a turn can be resumed from any process for ``ttl`` after
+# its last event, however long it ran.
 APPEND_LUA = """
 local maxlen, ttl, i = ARGV[1], ARGV[2], 3
 for k = 1, #KEYS do
-  local n = tonumber(ARGV[i])
-  i = i + 1
+  local owner, n = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
   for _ = 1, n do
     redis.call('XADD', KEYS[k], 'MAXLEN', '~', maxlen, '*',
                 's', ARGV[i], 'e', ARGV[i + 1], 'd', ARGV[i + 2])
     i = i + 3
   end
   redis.call('EXPIRE', KEYS[k], ttl)
-  redis.call('EXPIRE', KEYS[k] .. ':meta', ttl)
+  local meta = KEYS[k] .. ':meta'
+  if owner ~= '' then
+    redis.call('HSET', meta, 'owner', owner)
+  end
+  redis.call('EXPIRE', meta, ttl)
 end
 return #KEYS
 """
@@ -199,25 +205,19 @@ class Turn:
 
     async def _grace_then_abandon(self) -> None:
         """Abandon the turn once nobody has listened for the grace period, here or (through
-        Redis) elsewhere; stop it at once when a client elsewhere cancels it."""
+        Redis) elsewhere."""
         registry = self._registry
-        # With Redis, look every WATCH_REFRESH_S: a cancel from elsewhere acts within ~1 s.
         step = min(registry.grace_s, WATCH_REFRESH_S) if registry.redis else registry.grace_s
         alone_since = time.monotonic()
-        reason = "client_gone"
         while True:
             await asyncio.sleep(step)
-            elsewhere = await registry.elsewhere(self.turn_id)
-            if elsewhere == "cancel":
-                reason = "cancelled"
-                break
-            if elsewhere == "watched":
+            if await registry.watched_elsewhere(self.turn_id):
                 alone_since = time.monotonic()
             elif time.monotonic() - alone_since >= registry.grace_s:
                 break
         self._grace = None
         if not self.listeners and not self.finished and self.abandon is not None:
-            self.abandon(reason)
+            self.abandon("client_gone")
 
 
 class TurnRegistry:
@@ -243,6 +243,7 @@ class TurnRegistry:
         self._new_meta: list[tuple[str, str]] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._cancel_watch: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- keys ------------------------------------------------------------------------
@@ -292,9 +293,30 @@ class TurnRegistry:
             self._wake.set()
 
     def start(self) -> None:
-        """Start the flusher (Redis mode only)."""
+        """Start the flusher and the cancel watch (Redis mode only)."""
         if self.redis is not None and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_forever())
+            self._cancel_watch = asyncio.create_task(self._watch_cancels())
+
+    async def _watch_cancels(self) -> None:
+        """Every WATCH_REFRESH_S, one MGET over this process's running turns: a turn that
+        a client on another process cancelled (``turn:<id>:cancel``) is stopped."""
+        redis = self.redis
+        assert redis is not None  # started in Redis mode only
+        while True:
+            await asyncio.sleep(WATCH_REFRESH_S)
+            turns = list(self.live.values())
+            if not turns:
+                continue
+            try:
+                flags = await redis.mget([f"{self.stream_key(t.turn_id)}:cancel"
+                                          for t in turns])
+            except (RedisError, OSError):
+                _reraise_cancel()
+                continue  # looked at again next time
+            for turn, flag in zip(turns, flags, strict=True):
+                if flag is not None and not turn.finished and turn.abandon is not None:
+                    turn.abandon("cancelled")
 
     def _follower(self, redis: aioredis.Redis) -> aioredis.Redis:
         """The client followers block on (same server and options, longer read timeout)."""
@@ -307,6 +329,11 @@ class TurnRegistry:
 
     async def close(self) -> None:
         """Stop the flusher after a last flush; close the followers' client."""
+        watch, self._cancel_watch = self._cancel_watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         follow, self._follow_redis = self._follow_redis, None
         if follow is not None:
             await follow.aclose()
@@ -353,8 +380,9 @@ class TurnRegistry:
             keys: list[str] = []
             args: list[Any] = [self.max_events, self.ttl_s]
             for turn_id, items in by_turn.items():
+                turn = self.local(turn_id)
                 keys.append(self.stream_key(turn_id))
-                args.append(len(items))
+                args.extend((turn.owner if turn is not None else "", len(items)))
                 for item in items:
                     args.extend((item.seq, item.event, item.data))
             # EVAL, not EVALSHA: the body is small and a restarted Redis needs no reload.
@@ -383,24 +411,19 @@ class TurnRegistry:
             log.error("turn buffer: Redis unavailable too long, oldest events dropped",
                       dropped=excess)
 
-    async def elsewhere(self, turn_id: str) -> str | None:
-        """What other processes want of this turn: "cancel" (a client there cancelled it),
-        "watched" (a client there follows it) or None."""
+    async def watched_elsewhere(self, turn_id: str) -> bool:
+        """True when a listener on another process is attached to this turn."""
         if self.redis is None:
-            return None
-        key = self.stream_key(turn_id)
+            return False
         try:
-            watch, cancel = await self.redis.mget(f"{key}:watch", f"{key}:cancel")
+            return bool(await self.redis.exists(f"{self.stream_key(turn_id)}:watch"))
         except (RedisError, OSError):
             _reraise_cancel()
-            return None
-        if cancel is not None:
-            return "cancel"
-        return "watched" if watch is not None else None
+            return False
 
     async def request_cancel(self, turn_id: str) -> bool:
-        """Ask the process running ``turn_id`` to cancel it (it looks within ~1 s while no
-        client of its own listens); False when Redis cannot take the request."""
+        """Ask the process running ``turn_id`` to cancel it (it looks every
+        WATCH_REFRESH_S); False when Redis cannot take the request."""
         if self.redis is None:
             return False
         try:

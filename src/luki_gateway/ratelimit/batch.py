@@ -152,12 +152,13 @@ class ScriptBatch:
     async def _execute(self, calls: list[_Call]) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                results = await self._pipeline(calls)
+                results = await self._round_trip(calls)
                 retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 if retry:
                     # Redis restarted or SCRIPT FLUSH: rerun those with EVAL, which also
                     # caches the script again (one more round trip, not two).
-                    again = await self._pipeline([calls[i] for i in retry], with_source=True)
+                    again = await self._round_trip([calls[i] for i in retry],
+                                                   with_source=True)
                     for i, result in zip(retry, again, strict=True):
                         results[i] = result
         except (RedisError, OSError, TimeoutError) as exc:
@@ -183,6 +184,16 @@ class ScriptBatch:
                 call.future.set_exception(BackendUnavailable(str(result)))
             else:
                 call.future.set_result(result)
+
+    async def _round_trip(self, calls: Sequence[_Call], *, with_source: bool = False
+                          ) -> list[Any]:
+        """:meth:`_pipeline`, sent once more when the pooled connection turns out broken
+        (Redis restarted since it was pooled: the old server never saw the commands). The
+        broken connection was dropped, so the second try opens a fresh one."""
+        try:
+            return await self._pipeline(calls, with_source=with_source)
+        except RedisConnectionError:
+            return await self._pipeline(calls, with_source=with_source)
 
     async def _pipeline(self, calls: Sequence[_Call], *, with_source: bool = False
                         ) -> list[Any]:
