@@ -299,6 +299,14 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType({
 })
 
 
+def ws_frame_limit(settings: Settings) -> int:
+    """The largest WebSocket message read: ``hub.ws_max_message_bytes``, raised to fit the
+    largest valid ``chat`` (every message character 4 bytes of UTF-8, a full context)."""
+    chat = settings.chat
+    return max(settings.hub.ws_max_message_bytes,
+               4 * chat.max_message_chars + chat.max_context_bytes + 4096)
+
+
 # ---------------------------------------------------------------------------------------
 # Schema derived from the dataclasses
 # ---------------------------------------------------------------------------------------

@@ -206,6 +206,8 @@ async def test_reconnect_refusals(backend: str, start_agent: Callable[..., Any],
             ("garbage", "alice", 400, "VALIDATION_ERROR"),
             (f"{turn_id}:x", "alice", 400, "VALIDATION_ERROR"),
             (":3", "alice", 400, "VALIDATION_ERROR"),
+            (f"{turn_id}:\u00b2", "alice", 400, "VALIDATION_ERROR"),  # a digit, not ASCII
+            (f"{turn_id}:\uff13", "alice", 400, "VALIDATION_ERROR"),
             ("t_nothere:3", "alice", 404, "NOT_FOUND"),
             (f"{turn_id}:1", "mallory", 403, "FORBIDDEN")):
         resp = await client.get("/v1/chat/stream", params=url,

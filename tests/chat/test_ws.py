@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -281,3 +282,62 @@ async def test_ws_cancel_elsewhere_while_the_owner_still_has_a_listener(
     await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
     await ws.close()
     await owner_ws.close()
+
+
+async def test_ws_largest_valid_chat_fits_in_a_frame(start_agent: Callable[..., Any],
+                                                     chat_gateway: Callable[..., Any]) -> None:
+    """A chat at the limits (32768 four-byte characters, a 60 KB context) is a turn, not a
+    1009 close of the whole socket; a context over 64 KB of UTF-8 is refused on its own."""
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    context = {"pad": "a" * 60_000}
+    await ws.send_json({"type": "chat", "id": "big", "message": "\U0001F600" * 32768,
+                        "context": context}, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+    assert (await _until_end(ws, "big"))[-1]["type"] == "done"
+    # Two-byte characters count as two bytes: ~40 KB of UTF-8 passes, ~66 KB does not.
+    await ws.send_json({"type": "chat", "id": "ok", "message": "hi",
+                        "context": {"pad": "\u00e9" * 20_000}})
+    assert (await _until_end(ws, "ok"))[-1]["type"] == "done"
+    await ws.send_json({"type": "chat", "id": "no", "message": "hi",
+                        "context": {"pad": "\u00e9" * 33_000}})
+    refused = await ws.receive_json(timeout=5)
+    assert refused["id"] == "no" and refused["error"]["code"] == "VALIDATION_ERROR"
+    await ws.close()
+
+
+async def test_ws_chat_needs_the_chat_scope(start_agent: Callable[..., Any],
+                                            chat_gateway: Callable[..., Any]) -> None:
+    """A socket whose principal lacks chat:write gets INSUFFICIENT_SCOPE for chat and
+    resume, as the HTTP chat routes answer 403; the agent is never asked."""
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent)
+    ws: ClientWebSocketResponse = await client.ws_connect(
+        "/v1/ws", headers=bearer("alice", scopes=("events:publish",)))
+    assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+    await ws.send_json({"type": "chat", "id": "c", "message": "hi"})
+    await ws.send_json({"type": "resume", "id": "r", "turn_id": "t_x", "last_seq": 0})
+    for expected_id in ("c", "r"):
+        msg = await ws.receive_json(timeout=5)
+        assert msg["id"] == expected_id and msg["error"]["code"] == "INSUFFICIENT_SCOPE"
+    assert agent.log.streams == []
+    await ws.close()
+
+
+async def test_ws_id_of_a_running_turn_is_a_validation_error(
+        start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]) -> None:
+    """Reusing the id of a running turn is the client's mistake (VALIDATION_ERROR), not
+    the gateway's (INTERNAL_ERROR); the running turn goes on."""
+    agent = await start_agent(tokens=50, tokens_per_s=50.0)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "c", "message": "hi"})
+    await ws.send_json({"type": "chat", "id": "c", "message": "again"})
+    msgs = [await ws.receive_json(timeout=5)]
+    while msgs[-1]["type"] != "done":
+        msgs.append(await ws.receive_json(timeout=5))
+    errors = [m for m in msgs if m["type"] == "error"]
+    assert [e["error"]["code"] for e in errors] == ["VALIDATION_ERROR"]
+    assert "turn_id" not in errors[0]  # not an event of the running turn
+    assert [m["type"] for m in msgs].count("done") == 1
+    await ws.close()

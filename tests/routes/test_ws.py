@@ -100,10 +100,12 @@ async def test_too_many_malformed_messages_close_1008(gateway: Callable[..., Any
 
 
 async def test_oversized_message_closes_1009(gateway: Callable[..., Any]) -> None:
-    """A message over ws_max_message_bytes closes the socket with 1009 (message too big)."""
-    client = await gateway(hub={"ws_max_message_bytes": 1024}, **OPEN)
+    """A message over the frame limit closes the socket with 1009 (message too big): the
+    limit is ws_max_message_bytes, or what the largest valid chat needs if more."""
+    client = await gateway(hub={"ws_max_message_bytes": 1024},
+                           chat={"max_message_chars": 100, "max_context_bytes": 100}, **OPEN)
     ws = await _connect(client)
-    await ws.send_str('{"type":"ping","pad":"' + "x" * 4096 + '"}')
+    await ws.send_str('{"type":"ping","pad":"' + "x" * 8192 + '"}')
     msg = await ws.receive(timeout=5)
     assert msg.type is WSMsgType.CLOSE
     assert ws.close_code == 1009

@@ -15,7 +15,9 @@ ID_LENGTH = validate.Length(min=1, max=MAX_ID_CHARS)
 
 def _context_size_check(max_bytes: int) -> Any:
     def check(value: Any) -> None:
-        if len(json.dumps(value, separators=(",", ":"))) > max_bytes:
+        # Bytes of UTF-8, as sent: ASCII escapes would count "é" as 6 bytes, not 2.
+        if len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+               ) > max_bytes:
             raise ValidationError(f"context must be at most {max_bytes} bytes of JSON")
     return check
 

@@ -8,6 +8,15 @@ from ..hub.turns import Turn
 
 # Acting for another user is an explicit grant, never implied by chat:write.
 ACT_AS_SCOPE = "chat:act_as"
+CHAT_SCOPE = "chat:write"
+
+
+def require_chat_scope(principal: Principal) -> None:
+    """A WebSocket turn needs what the HTTP chat routes need (the socket itself does not)."""
+    missing = principal.missing_scopes((CHAT_SCOPE,))
+    if missing:
+        raise InsufficientScope(f"missing scope {CHAT_SCOPE}",
+                                details={"missing_scopes": list(missing)})
 
 
 def resolve_user(principal: Principal, requested: str | None) -> str:

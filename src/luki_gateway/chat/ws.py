@@ -17,7 +17,13 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema
 
-from ..errors import GatewayError, NotFound, RateLimitExceeded, error_message
+from ..errors import (
+    GatewayError,
+    NotFound,
+    RateLimitExceeded,
+    ValidationFailed,
+    error_message,
+)
 from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent
 from ..routes.ws_protocol import WS_MESSAGE_HANDLERS, WsConnection
 from ..settings import SETTINGS
@@ -27,7 +33,7 @@ from ..validation import load
 from .limits import TurnAllowance
 from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
 from .schema import CancelSchema, ResumeSchema, chat_schema
-from .turn_access import check_owner, resolve_user
+from .turn_access import check_owner, require_chat_scope, resolve_user
 
 # A turn followed from another process ends this long after its cancel at the latest:
 # by the owner's own done (cancelled), else here (the owner did not act: it is gone).
@@ -120,10 +126,11 @@ async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, A
     try:
         body = load(app[WS_CHAT_SCHEMA], msg)
         client_id: str = body["id"]
+        require_chat_scope(conn.principal)
         state = _socket(app, conn)
         if client_id in state.by_id:
-            raise GatewayError("a turn with this id is still running", status=409,
-                               details={"id": client_id})
+            raise ValidationFailed("a turn with this id is still running",
+                                   details={"id": client_id})
         limit = app[SETTINGS].chat.max_turns_per_socket
         if len(state.by_id) >= limit:
             raise RateLimitExceeded("too many turns running on this socket",
@@ -200,10 +207,11 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
         turn_id: str = body["turn_id"]
         client_id: str = body["id"] or turn_id
         after: int = body["last_seq"]
+        require_chat_scope(conn.principal)
         state = _socket(app, conn)
         if client_id in state.by_id:
-            raise GatewayError("a turn with this id is still running", status=409,
-                               details={"id": client_id})
+            raise ValidationFailed("a turn with this id is still running",
+                                   details={"id": client_id})
         registry = app[TURNS]
         turn = registry.local(turn_id)
         if turn is not None:

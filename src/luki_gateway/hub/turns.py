@@ -207,14 +207,14 @@ class Turn:
         """Abandon the turn once nobody has listened for the grace period, here or (through
         Redis) elsewhere."""
         registry = self._registry
-        step = min(registry.grace_s, WATCH_REFRESH_S) if registry.redis else registry.grace_s
+        # With Redis, look for a follower elsewhere every WATCH_REFRESH_S.
+        step = WATCH_REFRESH_S if registry.redis else registry.grace_s
         alone_since = time.monotonic()
-        while True:
-            await asyncio.sleep(step)
+        while (left := alone_since + registry.grace_s - time.monotonic()) > 0:
+            # A timer may fire a hair early: the rest of the period, never a second one.
+            await asyncio.sleep(min(step, left))
             if await registry.watched_elsewhere(self.turn_id):
                 alone_since = time.monotonic()
-            elif time.monotonic() - alone_since >= registry.grace_s:
-                break
         self._grace = None
         if not self.listeners and not self.finished and self.abandon is not None:
             self.abandon("client_gone")

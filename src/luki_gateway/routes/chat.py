@@ -147,7 +147,8 @@ def _resume_point(request: web.Request) -> tuple[str, int] | None:
     if not raw:
         return None if turn_id is None else (turn_id, 0)
     prefix, sep, seq = raw.rpartition(":")
-    if not sep or not prefix or not seq.isdigit() or turn_id not in (None, prefix):
+    if (not sep or not prefix or not seq.isascii() or not seq.isdigit()
+            or turn_id not in (None, prefix)):
         raise ValidationFailed("Last-Event-ID must be <turn_id>:<seq> of this turn")
     return prefix, int(seq)
 

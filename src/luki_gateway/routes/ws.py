@@ -28,7 +28,7 @@ from ..hub.history import parse_id
 from ..hub.hub import HUB
 from ..hub.ws_subscriber import WsSubscriber
 from ..ratelimit.leases import LEASES, Lease
-from ..settings import SETTINGS
+from ..settings import SETTINGS, ws_frame_limit
 from ..tracing import trace_of
 from .access import RouteAccess, declare
 from .ws_protocol import WS_MESSAGE_HANDLERS
@@ -213,7 +213,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     the handshake runs in ``_open`` (its locals gone once done), the read loop inline.
     """
     ws = web.WebSocketResponse(protocols=("bearer",), autoping=False, compress=False,
-                               max_msg_size=request.app[HUB].settings.ws_max_message_bytes)
+                               max_msg_size=ws_frame_limit(request.app[SETTINGS]))
     conn = await _open(request, ws)
     if conn is None:
         return ws
