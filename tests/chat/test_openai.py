@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
+
 from tests.chat.sse_client import read_events
 from tests.conftest import bearer
 
@@ -71,3 +73,26 @@ async def test_openai_sync_completion(start_agent: Callable[..., Any],
     assert body["tool_calls"] == [{"id": "call_1", "name": "lookup_memory",
                                    "arguments": {"query": "hi", "limit": 3}}]
     assert body["meta"]["usage"] == {"input_tokens": 1, "output_tokens": 2}
+
+
+async def test_openai_sync_garbage_is_a_downstream_error(upstream: Callable[..., Any],
+                                                         gateway: Callable[..., Any]) -> None:
+    """An OpenAI-style server whose sync answer has malformed tool calls or content: 502
+    DOWNSTREAM_ERROR (the agent's fault), never a 500."""
+    answers = iter([
+        {"choices": [{"message": {"content": "x", "tool_calls": ["notadict"]}}]},
+        {"choices": [{"message": {"content": "x", "tool_calls": [{"function": "f"}]}}]},
+        {"choices": [{"message": {"content": "x", "tool_calls": {"a": 1}}}]},
+        {"choices": [{"message": {"content": ["not", "text"]}}]},
+    ])
+
+    async def completions(request: web.Request) -> web.Response:
+        return web.json_response(next(answers))
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    client = await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
+    for _ in range(4):
+        resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "DOWNSTREAM_ERROR"

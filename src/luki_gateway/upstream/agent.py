@@ -278,10 +278,15 @@ class OpenAIDialect:
             text = message.get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             raise DownstreamError("agent answered without a choice") from None
+        raw_calls = message.get("tool_calls") or []
+        if not isinstance(text, str) or not isinstance(raw_calls, list):
+            raise DownstreamError("agent answered with a malformed message")
         calls = []
-        for call in message.get("tool_calls") or []:
+        for call in raw_calls:
+            function = call.get("function") or {} if isinstance(call, Mapping) else None
+            if not isinstance(function, Mapping):
+                raise DownstreamError("agent answered with a malformed tool call")
             parts = _ToolCallParts(id=str(call.get("id", "")))
-            function = call.get("function") or {}
             parts.name = str(function.get("name", ""))
             parts.arguments.append(str(function.get("arguments", "")))
             calls.append(parts.payload())
