@@ -341,3 +341,26 @@ async def test_ws_id_of_a_running_turn_is_a_validation_error(
     assert "turn_id" not in errors[0]  # not an event of the running turn
     assert [m["type"] for m in msgs].count("done") == 1
     await ws.close()
+
+
+async def test_ws_chat_turns_count_against_the_rate_limit(start_agent: Callable[..., Any],
+                                                          chat_gateway: Callable[..., Any]
+                                                          ) -> None:
+    """Each WS chat turn is charged like a POST /v1/chat/stream: once the per-minute window
+    is spent a turn is refused with RATE_LIMIT_EXCEEDED (tagged with its id), the socket
+    stays open and the agent is not asked."""
+    agent = await start_agent(tokens=1)
+    client = await chat_gateway(agent, ratelimit={"enabled": True, "per_min": 4})
+    ws = await _connect(client)  # the handshake is one request of the four
+    for i in range(3):
+        await ws.send_json({"type": "chat", "id": f"c{i}", "message": "hi"})
+        assert (await _until_end(ws, f"c{i}"))[-1]["type"] == "done"
+    await ws.send_json({"type": "chat", "id": "over", "message": "hi"})
+    refused = await ws.receive_json(timeout=5)
+    assert refused["id"] == "over"
+    assert refused["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert refused["error"]["details"]["policy"] == "minute"
+    assert len(agent.log.streams) == 3
+    await ws.send_json({"type": "ping", "id": "p"})
+    assert (await ws.receive_json(timeout=5))["type"] == "pong"
+    await ws.close()

@@ -5,10 +5,13 @@ from __future__ import annotations
 from ..auth.principal import Principal
 from ..errors import Forbidden, InsufficientScope
 from ..hub.turns import Turn
+from ..routes.access import RouteAccess
 
 # Acting for another user is an explicit grant, never implied by chat:write.
 ACT_AS_SCOPE = "chat:act_as"
 CHAT_SCOPE = "chat:write"
+# GET/POST /v1/chat/stream; a WebSocket turn is charged as one such request.
+CHAT_ACCESS = RouteAccess(scopes={"POST": (CHAT_SCOPE,), "GET": (CHAT_SCOPE,)}, ticket=True)
 
 
 def require_chat_scope(principal: Principal) -> None:

@@ -25,6 +25,7 @@ from ..errors import (
     error_message,
 )
 from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent
+from ..middlewares.ratelimit import charge_message
 from ..routes.ws_protocol import WS_MESSAGE_HANDLERS, WsConnection
 from ..settings import SETTINGS
 from ..tracing import TraceContext
@@ -33,7 +34,7 @@ from ..validation import load
 from .limits import TurnAllowance
 from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
 from .schema import CancelSchema, ResumeSchema, chat_schema
-from .turn_access import check_owner, require_chat_scope, resolve_user
+from .turn_access import CHAT_ACCESS, check_owner, require_chat_scope, resolve_user
 
 # A turn followed from another process ends this long after its cancel at the latest:
 # by the owner's own done (cancelled), else here (the owner did not act: it is gone).
@@ -131,6 +132,8 @@ async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, A
         if client_id in state.by_id:
             raise ValidationFailed("a turn with this id is still running",
                                    details={"id": client_id})
+        # A turn costs what a POST /v1/chat/stream costs: per-minute/hour limits apply.
+        await charge_message(app, conn.principal, conn.client_ip, CHAT_ACCESS)
         limit = app[SETTINGS].chat.max_turns_per_socket
         if len(state.by_id) >= limit:
             raise RateLimitExceeded("too many turns running on this socket",

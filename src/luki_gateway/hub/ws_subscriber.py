@@ -33,15 +33,19 @@ def close_frame(code: int) -> bytes:
 class WsSubscriber(Subscriber):
     """One ``/v1/ws`` socket: JSON messages out through the subscriber queue."""
 
-    __slots__ = ("awaiting_pong", "malformed")
+    __slots__ = ("awaiting_pong", "client_ip", "malformed")
 
     kind = "ws"
 
     def __init__(self, hub: Hub, principal: Principal, transport: asyncio.Transport,
-                 protocol: BaseProtocol, lease: Lease | None = None) -> None:
+                 protocol: BaseProtocol, lease: Lease | None = None, client_ip: str = ""
+                 ) -> None:
         super().__init__(hub, principal, transport, protocol, lease)
         self.awaiting_pong = False
         self.malformed = 0  # bad client messages so far (closed 1008 past the budget)
+        # The client's address as the rate limiter sees it (messages that start work are
+        # charged like requests).
+        self.client_ip = client_ip
 
     def frame_of(self, event: Event) -> bytes:
         """The event's shared text frame."""

@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from ..auth.principal import PRINCIPAL
+from ..auth.principal import PRINCIPAL, Principal
 from ..errors import DownstreamUnavailable, RateLimitExceeded
 from ..ratelimit.batch import BackendUnavailable
 from ..ratelimit.decision import Decision, Window
@@ -66,20 +66,47 @@ def rate_limit(request: web.Request, access: RouteAccess) -> Awaitable[None] | N
 
 async def _decide(request: web.Request, access: RouteAccess, windows: tuple[Window, ...],
                   settings: RateLimitSettings) -> None:
-    app = request.app
+    decision = await _charge(request.app, windows, access.cost,
+                             failure_mode(access, request.method, settings))
+    if decision is not None:
+        request[RATE_DECISION] = decision  # its headers go on the answer, a 429 included
+        _enforce(request.app, decision, windows)
+
+
+async def charge_message(app: web.Application, principal: Principal, ip: str,
+                         access: RouteAccess) -> None:
+    """Charge a WebSocket message that starts work (a chat turn) as one request to the
+    HTTP route ``access`` describes: RateLimitExceeded when a window is exhausted."""
+    settings = app[SETTINGS].ratelimit
+    if not settings.enabled or not access.rate_limited:
+        return
+    windows = app[RATE_POLICIES].windows_for(principal, ip)
+    if windows:
+        decision = await _charge(app, windows, access.cost,
+                                 failure_mode(access, "POST", settings))
+        if decision is not None:
+            _enforce(app, decision, windows)
+
+
+async def _charge(app: web.Application, windows: tuple[Window, ...], cost: int, mode: str
+                  ) -> Decision | None:
+    """The limiter's decision, or None when its backend is down and ``mode`` is open."""
     metrics = app[RATELIMIT_METRICS]
     try:
-        decision = await app[LIMITER].decide(windows, access.cost)
+        return await app[LIMITER].decide(windows, cost)
     except BackendUnavailable:
-        mode = failure_mode(access, request.method, settings)
         for window in windows:
             metrics.decision(window.policy, f"failed_{mode}")
         if mode == "closed":
             raise DownstreamUnavailable(
                 "rate limiter unavailable", details={"reason": "rate_limiter_unavailable"},
                 headers={"Retry-After": "1"}) from None
-        return  # open: served unlimited
-    request[RATE_DECISION] = decision
+        return None  # open: served unlimited
+
+
+def _enforce(app: web.Application, decision: Decision, windows: tuple[Window, ...]) -> None:
+    """Count the decision; raise the 429 when it refused."""
+    metrics = app[RATELIMIT_METRICS]
     if not decision.allowed:
         assert decision.rejected_by is not None
         metrics.decision(decision.rejected_by.policy, "rejected")

@@ -28,7 +28,7 @@ from ..chat.relay import (
 )
 from ..chat.schema import chat_schema, plain_chat_body
 from ..chat.sse import SseSink, open_sse, sse_streams_ctx
-from ..chat.turn_access import check_owner, resolve_user
+from ..chat.turn_access import CHAT_ACCESS, check_owner, resolve_user
 from ..chat.ws import setup_ws
 from ..errors import GatewayError, ValidationFailed
 from ..hub.turns import TURNS, Turn
@@ -42,8 +42,6 @@ CHAT_SCHEMA = web.AppKey("chat_schema", Schema)
 # EventSource puts the message in the URL; keep such URLs well under common limits.
 GET_MESSAGE_MAX_CHARS = 2000
 
-CHAT_ACCESS = RouteAccess(scopes={"POST": ("chat:write",), "GET": ("chat:write",)},
-                          ticket=True)
 
 
 async def _agent_request(request: web.Request) -> AgentRequest:

@@ -8,6 +8,7 @@ hub's single sweep, so an idle socket costs no timer and no task beyond aiohttp'
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import structlog
@@ -28,6 +29,8 @@ from ..hub.history import parse_id
 from ..hub.hub import HUB
 from ..hub.ws_subscriber import WsSubscriber
 from ..ratelimit.leases import LEASES, Lease
+from ..ratelimit.limiter import RATE_POLICIES
+from ..ratelimit.policies import client_ip
 from ..settings import SETTINGS, ws_frame_limit
 from ..tracing import trace_of
 from .access import RouteAccess, declare
@@ -200,7 +203,9 @@ async def _open(request: web.Request, ws: web.WebSocketResponse) -> WsSubscriber
         raise
     transport = request.transport
     assert transport is not None  # prepared: the connection is open
-    conn = WsSubscriber(hub, principal, transport, request.protocol, lease)
+    policies = request.app.get(RATE_POLICIES)
+    ip = client_ip(request, policies.trusted) if policies is not None else ""
+    conn = WsSubscriber(hub, principal, transport, request.protocol, lease, sys.intern(ip))
     hub.register(conn)
     conn.send_json(_welcome(conn))
     return conn

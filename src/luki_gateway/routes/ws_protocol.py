@@ -28,6 +28,10 @@ class WsConnection(Protocol):
         """The authenticated caller of this socket."""
 
     @property
+    def client_ip(self) -> str:
+        """The client's address as the rate limiter sees it (trusted proxies applied)."""
+
+    @property
     def closed(self) -> bool:
         """True once the socket is closing or closed."""
 
