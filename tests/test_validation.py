@@ -52,10 +52,12 @@ async def test_valid_body_is_loaded(aiohttp_client: Callable[..., Any],
 
 async def test_malformed_bodies_are_400(aiohttp_client: Callable[..., Any],
                                         make_settings: Callable[..., Settings]) -> None:
-    """Broken JSON, empty bodies, bad UTF-8 and non-objects answer 400 VALIDATION_ERROR."""
+    """Broken JSON, empty bodies, bad UTF-8, non-objects and Python's NaN/Infinity (not
+    JSON: forwarded, they break a strict upstream) answer 400 VALIDATION_ERROR."""
     client = await start(aiohttp_client, make_settings())
     for body in (b'{"message": ', b"", b"   ", b"\xff\xfe{}", b"[1, 2]", b'"text"', b"null",
-                 b"[" * 100_000):
+                 b"[" * 100_000, b'{"message": "hi", "context": {"x": NaN}}',
+                 b'{"message": "hi", "context": {"x": -Infinity}}'):
         resp = await client.post("/test/echo", data=body,
                                  headers={"Content-Type": "application/json"})
         assert resp.status == 400, body[:20]

@@ -38,6 +38,16 @@ def _bounded(messages: Any) -> Any:
     return messages
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` without Python's NaN/Infinity extensions (not JSON: an upstream with a
+    strict parser would choke on them); ValueError when ``text`` is not JSON."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def parse_json(raw: bytes | str) -> Any:
     """Decode a JSON document; 400 VALIDATION_ERROR (with line/column) when it is not one."""
     if isinstance(raw, bytes):
@@ -48,10 +58,12 @@ def parse_json(raw: bytes | str) -> Any:
     if not raw.strip():
         raise ValidationFailed("request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        return strict_json(raw)
     except json.JSONDecodeError as exc:
         raise ValidationFailed("request body is not valid JSON",
                                details={"line": exc.lineno, "column": exc.colno}) from None
+    except ValueError as exc:  # NaN, Infinity
+        raise ValidationFailed(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ValidationFailed("request body nests too deeply") from None
 

@@ -303,6 +303,8 @@ async def test_ws_largest_valid_chat_fits_in_a_frame(start_agent: Callable[..., 
                         "context": {"pad": "\u00e9" * 33_000}})
     refused = await ws.receive_json(timeout=5)
     assert refused["id"] == "no" and refused["error"]["code"] == "VALIDATION_ERROR"
+    await ws.send_str('{"type": "chat", "id": "nan", "message": "hi", "context": {"x": NaN}}')
+    assert (await ws.receive_json(timeout=5))["error"]["code"] == "VALIDATION_ERROR"
     await ws.close()
 
 
