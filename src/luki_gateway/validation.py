@@ -42,10 +42,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def strict_json(text: str | bytes) -> Any:
+# A constant (stateless) decoder: json.loads with arguments would build one per call.
+_STRICT = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def strict_json(text: str) -> Any:
     """``json.loads`` without Python's NaN/Infinity extensions (not JSON: an upstream with a
     strict parser would choke on them); ValueError when ``text`` is not JSON."""
-    return json.loads(text, parse_constant=_no_constant)
+    return _STRICT.decode(text)
 
 
 def parse_json(raw: bytes | str) -> Any:
