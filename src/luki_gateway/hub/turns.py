@@ -39,6 +39,7 @@ from ..errors import (
     GatewayError,
     NotFound,
 )
+from ..ratelimit.batch import ErrorLog
 from ..redis_client import redis_of
 from ..settings import SETTINGS, ChatSettings
 
@@ -244,6 +245,7 @@ class TurnRegistry:
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._cancel_watch: asyncio.Task[None] | None = None
+        self._errors = ErrorLog("turn buffer (writes kept for a retry)")
         self._closing = False
 
     # -- keys ------------------------------------------------------------------------
@@ -316,7 +318,9 @@ class TurnRegistry:
                 continue  # looked at again next time
             for turn, flag in zip(turns, flags, strict=True):
                 if flag is not None and not turn.finished and turn.abandon is not None:
-                    turn.abandon("cancelled")
+                    # Once: the flag stays until its TTL, the turn ends in a moment.
+                    abandon, turn.abandon = turn.abandon, None
+                    abandon("cancelled")
 
     def _follower(self, redis: aioredis.Redis) -> aioredis.Redis:
         """The client followers block on (same server and options, longer read timeout)."""
@@ -395,8 +399,7 @@ class TurnRegistry:
             # A batch that reached Redis before the error may be stored twice: followers
             # skip a seq they have had.
             self._keep(pending, metas)
-            log.warning("turn buffer write failed; kept for a retry",
-                        error=type(exc).__name__, events=len(self._pending))
+            self._errors.failure(exc)  # one line per interval while Redis stays away
             return False
         return True
 
