@@ -57,7 +57,8 @@ async def test_malformed_bodies_are_400(aiohttp_client: Callable[..., Any],
     client = await start(aiohttp_client, make_settings())
     for body in (b'{"message": ', b"", b"   ", b"\xff\xfe{}", b"[1, 2]", b'"text"', b"null",
                  b"[" * 100_000, b'{"message": "hi", "context": {"x": NaN}}',
-                 b'{"message": "hi", "context": {"x": -Infinity}}'):
+                 b'{"message": "hi", "context": {"x": -Infinity}}',
+                 b'{"message": "hi", "context": {"x": 1e999}}'):
         resp = await client.post("/test/echo", data=body,
                                  headers={"Content-Type": "application/json"})
         assert resp.status == 400, body[:20]

@@ -301,10 +301,11 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType({
 
 def ws_frame_limit(settings: Settings) -> int:
     """The largest WebSocket message read: ``hub.ws_max_message_bytes``, raised to fit the
-    largest valid ``chat`` (every message character 4 bytes of UTF-8, a full context)."""
+    largest valid ``chat`` however its JSON is escaped (12 bytes for a character that
+    ``json.dumps`` writes as a surrogate pair, 6 for any other escaped one)."""
     chat = settings.chat
     return max(settings.hub.ws_max_message_bytes,
-               4 * chat.max_message_chars + chat.max_context_bytes + 4096)
+               12 * chat.max_message_chars + 6 * chat.max_context_bytes + 4096)
 
 
 # ---------------------------------------------------------------------------------------

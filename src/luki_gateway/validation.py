@@ -12,6 +12,7 @@ the error middleware renders in the one error shape:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,14 +43,24 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: would go out again as Infinity
+        raise ValueError(f"number {text[:20]} is too large")
+    return value
+
+
 # A constant (stateless) decoder: json.loads with arguments would build one per call.
-_STRICT = json.JSONDecoder(parse_constant=_no_constant)
+_STRICT = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
-def strict_json(text: str) -> Any:
-    """``json.loads`` without Python's NaN/Infinity extensions (not JSON: an upstream with a
-    strict parser would choke on them); ValueError when ``text`` is not JSON."""
-    return _STRICT.decode(text)
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` without Python's NaN/Infinity extensions and without numbers that
+    overflow to infinity (not JSON: forwarded, a strict parser downstream chokes on them).
+
+    ValueError when ``text`` is not such JSON; RecursionError when it nests too deeply.
+    """
+    return _STRICT.decode(text if isinstance(text, str) else text.decode())
 
 
 def parse_json(raw: bytes | str) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests.chat.sse_client import read_events
@@ -79,20 +81,46 @@ async def test_openai_sync_garbage_is_a_downstream_error(upstream: Callable[...,
                                                          gateway: Callable[..., Any]) -> None:
     """An OpenAI-style server whose sync answer has malformed tool calls or content: 502
     DOWNSTREAM_ERROR (the agent's fault), never a 500."""
+    nested = "[" * 100_000 + "]" * 100_000
     answers = iter([
         {"choices": [{"message": {"content": "x", "tool_calls": ["notadict"]}}]},
+        {"choices": [{"message": {"content": "x"}}], "usage": "NESTED"},
         {"choices": [{"message": {"content": "x", "tool_calls": [{"function": "f"}]}}]},
         {"choices": [{"message": {"content": "x", "tool_calls": {"a": 1}}}]},
         {"choices": [{"message": {"content": ["not", "text"]}}]},
     ])
 
     async def completions(request: web.Request) -> web.Response:
-        return web.json_response(next(answers))
+        return web.Response(text=json.dumps(next(answers)).replace('"NESTED"', nested),
+                            content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     client = await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
-    for _ in range(4):
+    for _ in range(5):
         resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
         assert resp.status == 502
         assert (await resp.json())["error"]["code"] == "DOWNSTREAM_ERROR"
+
+
+async def test_openai_tool_call_arguments_stay_json(upstream: Callable[..., Any],
+                                                    gateway: Callable[..., Any]) -> None:
+    """Tool-call arguments that are not strict JSON (NaN, 1e999, nested past the parser)
+    are passed on as the model's text, never as NaN/Infinity nor as a 500."""
+    args = iter(['{"x": NaN}', '{"x": 1e999}', "[" * 100_000 + "]" * 100_000])
+
+    async def completions(request: web.Request) -> web.Response:
+        raw = next(args)
+        return web.json_response({"choices": [{"message": {"content": None, "tool_calls": [
+            {"id": "c", "function": {"name": "f", "arguments": raw}}]}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    client = await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
+    for _ in range(3):
+        resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
+        assert resp.status == 200
+        # Strict JSON: a bare NaN/Infinity in the answer fails the parse.
+        call = json.loads(await resp.text(),
+                          parse_constant=lambda c: pytest.fail(c))["tool_calls"][0]
+        assert isinstance(call["arguments"], str)

@@ -295,6 +295,10 @@ async def test_ws_largest_valid_chat_fits_in_a_frame(start_agent: Callable[..., 
     await ws.send_json({"type": "chat", "id": "big", "message": "\U0001F600" * 32768,
                         "context": context}, dumps=lambda v: json.dumps(v, ensure_ascii=False))
     assert (await _until_end(ws, "big"))[-1]["type"] == "done"
+    # The same limits as plain json.dumps writes them (every character escaped).
+    await ws.send_json({"type": "chat", "id": "esc", "message": "\U0001F600" * 32768,
+                        "context": {"pad": "\u00e9" * 32_000}})
+    assert (await _until_end(ws, "esc"))[-1]["type"] == "done"
     # Two-byte characters count as two bytes: ~40 KB of UTF-8 passes, ~66 KB does not.
     await ws.send_json({"type": "chat", "id": "ok", "message": "hi",
                         "context": {"pad": "\u00e9" * 20_000}})
@@ -303,8 +307,10 @@ async def test_ws_largest_valid_chat_fits_in_a_frame(start_agent: Callable[..., 
                         "context": {"pad": "\u00e9" * 33_000}})
     refused = await ws.receive_json(timeout=5)
     assert refused["id"] == "no" and refused["error"]["code"] == "VALIDATION_ERROR"
-    await ws.send_str('{"type": "chat", "id": "nan", "message": "hi", "context": {"x": NaN}}')
-    assert (await ws.receive_json(timeout=5))["error"]["code"] == "VALIDATION_ERROR"
+    for bad in ("NaN", "1e999"):  # 1e999 would be forwarded as Infinity
+        await ws.send_str('{"type": "chat", "id": "n", "message": "hi", "context": {"x": '
+                          + bad + "}}")
+        assert (await ws.receive_json(timeout=5))["error"]["code"] == "VALIDATION_ERROR"
     await ws.close()
 
 

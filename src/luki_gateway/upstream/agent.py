@@ -19,6 +19,7 @@ import aiohttp
 import yarl
 
 from ..errors import DownstreamError, DownstreamTimeout, DownstreamUnavailable
+from ..validation import strict_json
 from .breaker import CircuitBreaker
 from .http1 import BadResponse, ConnectFailed, Connection, Pool, UpstreamClosed, request_head
 from .sse import SseEvent, SseParser, SseProtocolError
@@ -53,8 +54,8 @@ class AgentRequest:
 
 def _decode_object(data: str | bytes) -> dict[str, Any]:
     try:
-        value = json.loads(data)
-    except ValueError:
+        value = strict_json(data)
+    except (ValueError, RecursionError):
         raise DownstreamError("agent sent an event that is not JSON") from None
     if not isinstance(value, dict):
         raise DownstreamError("agent sent an event that is not a JSON object")
@@ -174,8 +175,8 @@ class _ToolCallParts:
     def payload(self) -> dict[str, Any]:
         raw = "".join(self.arguments)
         try:
-            arguments: Any = json.loads(raw) if raw else {}
-        except ValueError:
+            arguments: Any = strict_json(raw) if raw else {}
+        except (ValueError, RecursionError):
             arguments = raw  # keep what the model produced; the client decides
         return {"id": self.id, "name": self.name, "arguments": arguments}
 
@@ -489,8 +490,8 @@ class AgentClient:
                     _record(self.breaker, response.status < 500)
                     raise DownstreamError(details={"upstream_status": response.status})
                 try:
-                    body = await response.json(content_type=None)
-                except ValueError:
+                    body = await response.json(loads=strict_json, content_type=None)
+                except (ValueError, RecursionError):
                     _record(self.breaker, False)
                     raise DownstreamError("agent answered with invalid JSON") from None
         except TimeoutError:
