@@ -77,6 +77,19 @@ async def test_openai_sync_completion(start_agent: Callable[..., Any],
     assert body["meta"]["usage"] == {"input_tokens": 1, "output_tokens": 2}
 
 
+async def _fake_openai(upstream: Callable[..., Any], gateway: Callable[..., Any],
+                       answer: Callable[[], web.Response]) -> Any:
+    """A gateway in OpenAI mode in front of a fake server answering each sync completion
+    with ``answer()``."""
+
+    async def completions(request: web.Request) -> web.Response:
+        return answer()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    return await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
+
+
 async def test_openai_sync_garbage_is_a_downstream_error(upstream: Callable[..., Any],
                                                          gateway: Callable[..., Any]) -> None:
     """An OpenAI-style server whose sync answer has malformed tool calls or content: 502
@@ -90,13 +103,9 @@ async def test_openai_sync_garbage_is_a_downstream_error(upstream: Callable[...,
         {"choices": [{"message": {"content": ["not", "text"]}}]},
     ])
 
-    async def completions(request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(next(answers)).replace('"NESTED"', nested),
-                            content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    client = await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
+    client = await _fake_openai(upstream, gateway, lambda: web.Response(
+        text=json.dumps(next(answers)).replace('"NESTED"', nested),
+        content_type="application/json"))
     for _ in range(5):
         resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
         assert resp.status == 502
@@ -109,14 +118,9 @@ async def test_openai_tool_call_arguments_stay_json(upstream: Callable[..., Any]
     are passed on as the model's text, never as NaN/Infinity nor as a 500."""
     args = iter(['{"x": NaN}', '{"x": 1e999}', "[" * 100_000 + "]" * 100_000])
 
-    async def completions(request: web.Request) -> web.Response:
-        raw = next(args)
-        return web.json_response({"choices": [{"message": {"content": None, "tool_calls": [
-            {"id": "c", "function": {"name": "f", "arguments": raw}}]}}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    client = await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
+    client = await _fake_openai(upstream, gateway, lambda: web.json_response(
+        {"choices": [{"message": {"content": None, "tool_calls": [
+            {"id": "c", "function": {"name": "f", "arguments": next(args)}}]}}]}))
     for _ in range(3):
         resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
         assert resp.status == 200

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
 
 from luki_gateway.hub.turns import TurnRegistry
 from luki_gateway.redis_client import make_redis
@@ -12,77 +15,73 @@ from luki_gateway.settings import ChatSettings, Settings
 from tests.redis_server import RedisServer
 
 
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[tuple[TurnRegistry, aioredis.Redis]]:
+    """A turn registry on the private Redis, through the app's own client settings."""
+    redis = make_redis(Settings(redis_url=redis_url))
+    registry = TurnRegistry(ChatSettings(resume_ttl_s=60), redis, "lgw:")
+    yield registry, redis
+    await registry.close()
+    await redis.aclose()
+
+
 async def _seqs(registry: TurnRegistry, turn_id: str, after: int = 0) -> list[int]:
     async with asyncio.timeout(5):
         return [e.seq async for e in registry.remote_events(turn_id, "alice", after)]
 
 
-async def test_a_write_that_fails_is_sent_again(redis_server: RedisServer, redis_url: str,
-                                                make_settings: Callable[..., Settings]
-                                                ) -> None:
+async def test_a_write_that_fails_is_sent_again(
+        redis_server: RedisServer, store: tuple[TurnRegistry, aioredis.Redis]) -> None:
     """Events queued while Redis is frozen are not lost: the failed batch is kept and
     written once Redis answers again, in order, each seq once for a follower."""
-    redis = make_redis(make_settings(redis_url=redis_url))
-    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
+    registry, _ = store
+    turn = registry.create("t_stall", "alice")
+    turn.publish("token", b'{"text": "a"}', "a")
+    assert await registry.flush()
+    redis_server.pause()
     try:
-        turn = registry.create("t_stall", "alice")
-        turn.publish("token", b'{"text": "a"}', "a")
-        assert await registry.flush()
-        redis_server.pause()
-        try:
-            for text in "bcd":
-                turn.publish("token", b'{"text": "%s"}' % text.encode(), text)
-            registry.create("t_started_meanwhile", "alice")
-            assert not await registry.flush()  # timed out: kept
-        finally:
-            redis_server.resume()
-        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
-        assert await registry.flush()
-        assert await _seqs(registry, "t_stall") == [1, 2, 3, 4, 5]
-        await registry.check_remote("t_started_meanwhile", "alice")  # its owner was kept
+        for text in "bcd":
+            turn.publish("token", b'{"text": "%s"}' % text.encode(), text)
+        registry.create("t_started_meanwhile", "alice")
+        assert not await registry.flush()  # timed out: kept
     finally:
-        await registry.close()
-        await redis.aclose()
+        redis_server.resume()
+    turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+    assert await registry.flush()
+    assert await _seqs(registry, "t_stall") == [1, 2, 3, 4, 5]
+    await registry.check_remote("t_started_meanwhile", "alice")  # its owner was kept
 
 
-async def test_followers_skip_an_event_stored_twice(redis_url: str) -> None:
+async def test_followers_skip_an_event_stored_twice(
+        store: tuple[TurnRegistry, aioredis.Redis]) -> None:
     """A batch resent after a broken connection may be stored twice: followers get each
     seq once."""
-    redis = make_redis(Settings(redis_url=redis_url))
-    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
-    try:
-        turn = registry.create("t_twice", "alice")
-        turn.publish("token", b'{"text": "a"}', "a")
-        turn.publish("token", b'{"text": "b"}', "b")
-        assert await registry.flush()
-        await redis.xadd("lgw:turn:t_twice", {"s": 2, "e": "token", "d": b'{"text": "b"}'})
-        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
-        assert await registry.flush()
-        assert await _seqs(registry, "t_twice") == [1, 2, 3]
-        assert await _seqs(registry, "t_twice", after=1) == [2, 3]
-    finally:
-        await registry.close()
-        await redis.aclose()
+    registry, redis = store
+    turn = registry.create("t_twice", "alice")
+    turn.publish("token", b'{"text": "a"}', "a")
+    turn.publish("token", b'{"text": "b"}', "b")
+    assert await registry.flush()
+    await redis.xadd("lgw:turn:t_twice", {"s": 2, "e": "token", "d": b'{"text": "b"}'})
+    turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+    assert await registry.flush()
+    assert await _seqs(registry, "t_twice") == [1, 2, 3]
+    assert await _seqs(registry, "t_twice", after=1) == [2, 3]
 
 
-async def test_a_long_turn_stays_resumable_after_its_end(redis_url: str) -> None:
+async def test_a_long_turn_stays_resumable_after_its_end(
+        store: tuple[TurnRegistry, aioredis.Redis]) -> None:
     """The owner record lives as long as the events: each write renews both TTLs, so a
     turn that ran longer than the TTL is still resumable from another process."""
-    redis = make_redis(Settings(redis_url=redis_url))
-    registry = TurnRegistry(ChatSettings(resume_ttl_s=60), redis, "lgw:")
-    try:
-        turn = registry.create("t_long", "alice")
-        turn.publish("token", b'{"text": "a"}', "a")
-        assert await registry.flush()
-        await redis.pexpire("lgw:turn:t_long:meta", 300)  # as if the turn ran for a while
-        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
-        assert await registry.flush()
-        assert await redis.pttl("lgw:turn:t_long:meta") > 50_000
-        await asyncio.sleep(0.4)
-        assert await _seqs(registry, "t_long") == [1, 2]
-    finally:
-        await registry.close()
-        await redis.aclose()
+    registry, redis = store
+    turn = registry.create("t_long", "alice")
+    turn.publish("token", b'{"text": "a"}', "a")
+    assert await registry.flush()
+    await redis.pexpire("lgw:turn:t_long:meta", 300)  # as if the turn ran for a while
+    turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+    assert await registry.flush()
+    assert await redis.pttl("lgw:turn:t_long:meta") > 50_000
+    await asyncio.sleep(0.4)
+    assert await _seqs(registry, "t_long") == [1, 2]
 
 
 async def test_a_redis_restart_costs_no_call_an_error(redis_server: RedisServer,
@@ -104,20 +103,16 @@ async def test_a_redis_restart_costs_no_call_an_error(redis_server: RedisServer,
         await redis.aclose()
 
 
-async def test_an_owner_record_lost_by_redis_is_written_again(redis_url: str) -> None:
+async def test_an_owner_record_lost_by_redis_is_written_again(
+        store: tuple[TurnRegistry, aioredis.Redis]) -> None:
     """Redis lost a running turn's owner record (restarted without persistence): the
     turn's next write stores it again, so the turn is resumable elsewhere again."""
-    redis = make_redis(Settings(redis_url=redis_url))
-    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
-    try:
-        turn = registry.create("t_lost", "alice")
-        turn.publish("token", b'{"text": "a"}', "a")
-        assert await registry.flush()
-        await redis.delete("lgw:turn:t_lost:meta")
-        turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
-        assert await registry.flush()
-        await registry.check_remote("t_lost", "alice")
-        assert await _seqs(registry, "t_lost") == [1, 2]
-    finally:
-        await registry.close()
-        await redis.aclose()
+    registry, redis = store
+    turn = registry.create("t_lost", "alice")
+    turn.publish("token", b'{"text": "a"}', "a")
+    assert await registry.flush()
+    await redis.delete("lgw:turn:t_lost:meta")
+    turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+    assert await registry.flush()
+    await registry.check_remote("t_lost", "alice")
+    assert await _seqs(registry, "t_lost") == [1, 2]
