@@ -224,9 +224,7 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
             if not turn.finished:
                 state.by_id[client_id] = _Listening(turn, listener)
             return
-        await registry.check_remote(turn_id, conn.principal.id)
-        last = await registry.remote_end(turn_id)
-        if last is not None and after >= last:
+        if await registry.has_remote_end(turn_id, conn.principal.id, after):
             return  # the client has the end already, as for a finished local turn
     except GatewayError as err:
         _send_error(conn, err, msg.get("id"), trace, msg.get("turn_id")
@@ -235,8 +233,8 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
     listener = ws_listener(conn, client_id, turn_id, _ended(state, client_id))
     listening = _Listening(None, listener, turn_id=turn_id)
     state.by_id[client_id] = listening
-    listening.feeder = asyncio.create_task(app[TURNS].follow(turn_id, conn.principal.id, after,
-                                                             listener, trace.trace_id))
+    listening.feeder = asyncio.create_task(registry.follow(turn_id, conn.principal.id, after,
+                                                           listener, trace.trace_id))
 
 
 def setup_ws(app: web.Application) -> None:

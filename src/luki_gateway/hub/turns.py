@@ -477,6 +477,13 @@ class TurnRegistry:
             return None
         return int(last[0][1][b"s"])
 
+    async def has_remote_end(self, turn_id: str, owner: str, after_seq: int) -> bool:
+        """:meth:`check_remote` (raises the same), then True when a client that has the
+        events up to ``after_seq`` already has the turn's terminal event."""
+        await self.check_remote(turn_id, owner)
+        last = await self.remote_end(turn_id)
+        return last is not None and after_seq >= last
+
     async def follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
                      trace_id: str) -> None:
         """Hand a turn run by another process to ``listener`` until its end.

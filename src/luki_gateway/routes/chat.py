@@ -43,7 +43,6 @@ CHAT_SCHEMA = web.AppKey("chat_schema", Schema)
 GET_MESSAGE_MAX_CHARS = 2000
 
 
-
 async def _agent_request(request: web.Request) -> AgentRequest:
     principal = principal_of(request)
     if request.method == "GET":
@@ -167,9 +166,7 @@ async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamR
         if turn.finished and after >= turn.seq:
             return _nothing_more()
         return await _relay(request, turn, after)
-    await registry.check_remote(turn_id, principal.id)
-    last = await registry.remote_end(turn_id)
-    if last is not None and after >= last:
+    if await registry.has_remote_end(turn_id, principal.id, after):
         return _nothing_more()
     sink = SseSink(request)
     feeder = asyncio.create_task(registry.follow(turn_id, principal.id, after, sink,

@@ -203,8 +203,10 @@ async def _open(request: web.Request, ws: web.WebSocketResponse) -> WsSubscriber
         raise
     transport = request.transport
     assert transport is not None  # prepared: the connection is open
+    # Only rate limits use it (chat turns are charged like requests).
     policies = request.app.get(RATE_POLICIES)
-    ip = client_ip(request, policies.trusted) if policies is not None else ""
+    ip = (client_ip(request, policies.trusted)
+          if policies is not None and request.app[SETTINGS].ratelimit.enabled else "")
     conn = WsSubscriber(hub, principal, transport, request.protocol, lease, sys.intern(ip))
     hub.register(conn)
     conn.send_json(_welcome(conn))
