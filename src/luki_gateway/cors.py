@@ -25,7 +25,7 @@ def setup_cors(app: web.Application) -> PrepareHook | None:
     if not origins:
         return None
     before = list(app.on_response_prepare)
-    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call,unused-ignore]
         allow_credentials="*" not in origins,
         expose_headers=_EXPOSED,
         allow_headers="*",

@@ -159,7 +159,7 @@ class RedisBroker:
                 first = False
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(),  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(),  # type: ignore[no-untyped-call,unused-ignore]
                                            CLOSE_WAIT_S)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.aclose(), CLOSE_WAIT_S)

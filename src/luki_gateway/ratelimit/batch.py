@@ -209,7 +209,7 @@ class ScriptBatch:
         self.round_trips += 1
         payload = b"".join([_command(call, with_source) for call in calls])
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
         try:
             await conn.send_packed_command(payload, check_health=False)
             stream = getattr(conn, "_reader", None)
