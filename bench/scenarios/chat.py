@@ -113,41 +113,57 @@ async def run(ctx: Context) -> ScenarioResult:
         for rnd in range(p.chat_rounds):
             for level in p.chat_levels:
                 order = names[rnd % len(names):] + names[:rnd % len(names)]
-                for name in order:
-                    contender = result.contenders[name]
-                    relay = relays.get(name)
-                    if relay is None:
-                        continue
-
-                    async def one(relay: Relay = relay, level: int = level, rnd: int = rnd,
-                                  name: str = name) -> None:
-                        own0 = await _own_ttft(relay) if name == "gw-chat" else None
-                        cpu0 = relay.server.cpu() if relay.server else 0.0
-                        turns: list[Turn] = []
-                        # One turn at a time gives one TTFT sample: take several in a row.
-                        for _ in range(p.chat_single_turns if level == 1 else 1):
-                            turns += await concurrent_turns(relay.port, PATH, relay.headers,
-                                                            level, timeout_s)
-                        cpu = (relay.server.cpu() - cpu0) if relay.server else None
-                        stats = _turn_stats(turns, p.chat_tokens)
-                        if own0 is not None:
-                            own1 = await _own_ttft(relay)
-                            stats.update(_own_means(own0, own1))
-                        stats.update({"round": rnd, "level": level, "cpu_s": cpu,
-                                      "cpu_us_per_token": cpu / stats["tokens"] * 1e6
-                                      if cpu is not None and stats["tokens"] else None})
-                        result.contenders[name].runs.append(stats)
-                        log(f"{name} x{level}: ttft p50 {stats['ttft_p50_s'] * 1e3:.1f} ms, "
-                            f"gap p99 {stats['gap_p99_s'] * 1e3:.1f} ms, "
-                            f"{stats['complete']}/{stats['turns']} complete")
-
-                    await guarded(contender, one)
+                # One turn at a time gives one TTFT sample: take several, interleaving the
+                # relays turn by turn, so a drift in the machine's speed within the round
+                # hits every relay alike instead of one relay's block of turns.
+                repeats = p.chat_single_turns if level == 1 else 1
+                await _round(result, relays, order, level, rnd, repeats, timeout_s,
+                             p.chat_tokens)
     finally:
         for relay in relays.values():
             relay.stop()
         agent.stop()
     _summarise(result, p.chat_levels, p.chat_tokens)
     return result
+
+
+async def _round(result: ScenarioResult, relays: dict[str, Relay], order: list[str],
+                 level: int, rnd: int, repeats: int, timeout_s: float, tokens: int) -> None:
+    """``repeats`` times ``level`` concurrent turns per relay, relays interleaved."""
+    live = [name for name in order if name in relays and result.contenders[name].ok]
+    own0: dict[str, list[float]] = {}
+    cpu0: dict[str, float] = {}
+    turns: dict[str, list[Turn]] = {name: [] for name in live}
+    for name in live:
+        relay = relays[name]
+
+        async def start(relay: Relay = relay, name: str = name) -> None:
+            if name == "gw-chat":
+                own0[name] = await _own_ttft(relay)
+            cpu0[name] = relay.server.cpu() if relay.server else 0.0
+        await guarded(result.contenders[name], start)
+    for _ in range(repeats):
+        for name in live:
+            async def turn(relay: Relay = relays[name], name: str = name) -> None:
+                turns[name] += await concurrent_turns(relay.port, PATH, relay.headers,
+                                                      level, timeout_s)
+            await guarded(result.contenders[name], turn)
+    for name in live:
+        relay = relays[name]
+
+        async def finish(relay: Relay = relay, name: str = name) -> None:
+            cpu = (relay.server.cpu() - cpu0[name]) if relay.server else None
+            stats = _turn_stats(turns[name], tokens)
+            if name in own0:
+                stats.update(_own_means(own0[name], await _own_ttft(relay)))
+            stats.update({"round": rnd, "level": level, "cpu_s": cpu,
+                          "cpu_us_per_token": cpu / stats["tokens"] * 1e6
+                          if cpu is not None and stats["tokens"] else None})
+            result.contenders[name].runs.append(stats)
+            log(f"{name} x{level}: ttft p50 {stats['ttft_p50_s'] * 1e3:.1f} ms, "
+                f"gap p99 {stats['gap_p99_s'] * 1e3:.1f} ms, "
+                f"{stats['complete']}/{stats['turns']} complete")
+        await guarded(result.contenders[name], finish)
 
 
 def _added(result: ScenarioResult, name: str, level: int, key: str) -> list[float]:
