@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from luki_gateway.devstack.agent import reply_tokens
-from luki_gateway.hub.turns import TurnRegistry
+from luki_gateway.hub.turns import TurnLost, TurnRegistry
 from luki_gateway.settings import ChatSettings
 from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
@@ -316,3 +317,73 @@ async def test_a_follower_that_loses_redis_says_so_without_skipping(
     assert got[-1].data["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
     assert got[-1].id == got[-2].id  # not the id of an event it never got
     assert [e.event for e in got[:-1]] == ["token"] * (len(got) - 1)
+
+
+@pytest.mark.parametrize("client_has", [3, 5])
+async def test_a_turn_whose_process_died_ends_once_for_everyone(
+        client_has: int, redis_url: str, start_agent: Callable[..., Any],
+        chat_gateway: Callable[..., Any]) -> None:
+    """The process running a turn dies (here: a registry that stops writing, its last
+    events maybe never flushed): the follower's client gets one error with a new id, and a
+    reconnect with that id gets 204 — not the same error again after another wait."""
+    redis = aioredis.Redis.from_url(redis_url)
+    owner = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        dead = owner.create("t_dead", "jwt:alice")
+        for i in range(3):
+            dead.publish("token", b'{"text": "%d"}' % i, str(i))
+        await owner.flush()
+        agent = await start_agent()
+        gw = await chat_gateway(agent, redis_url=redis_url,
+                                chat={"idle_timeout_s": 0.3, "resume_grace_s": 0.2})
+        async with asyncio.timeout(10):
+            resp = await _resume_on(gw, "t_dead", client_has)
+            events = await read_events(resp)
+        assert [e.event for e in events] == ["error"]
+        assert events[0].id == f"t_dead:{client_has + 1}"
+        assert events[0].data["error"]["code"] == "DOWNSTREAM_TIMEOUT"
+        for seq in (client_has + 1, client_has + 2):
+            assert (await _resume_on(gw, "t_dead", seq)).status == 204
+        # A client further behind gets the kept events, then the same single end.
+        resp = await _resume_on(gw, "t_dead", 1)
+        assert [e.id for e in await read_events(resp)] == [
+            "t_dead:2", "t_dead:3", f"t_dead:{client_has + 1}"]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_quiet_turn_that_moves_on_is_not_ended_by_its_follower(
+        redis_url: str) -> None:
+    """The follower only ends a turn nothing was added to since it looked."""
+    redis = aioredis.Redis.from_url(redis_url)
+    registry = TurnRegistry(ChatSettings(idle_timeout_s=0.2, resume_grace_s=0.1), redis,
+                            "lgw:")
+    try:
+        turn = registry.create("t_slow", "alice")
+        turn.publish("token", b'{"text": "a"}', "a")
+        await registry.flush()
+        got: list[Any] = []
+
+        async def late_owner() -> None:
+            # Quiet for longer than the follower waits, then the owner writes again (it
+            # was alive, its Redis writes late): the follower follows on.
+            await asyncio.sleep(0.6)
+            turn.publish("token", b'{"text": "b"}', "b")
+            turn.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+            await registry.flush()
+
+        writer = asyncio.create_task(late_owner())
+        stream = registry.stream_key("t_slow")
+        async with asyncio.timeout(10):
+            entries = await redis.xrange(stream)
+            lost_seen = entries[-1][0].decode()
+            await writer
+            # The stream moved on since "lost_seen": nothing is appended.
+            assert not await registry._end_lost("t_slow", TurnLost(lost_seen, 1), b"{}")
+            await registry.follow("t_slow", "alice", 1, got.append, "trace")
+        assert [(e.seq, e.event) for e in got] == [(2, "token"), (3, "done")]
+        assert [f[b"e"] for _, f in await redis.xrange(stream)] == [b"token", b"token",
+                                                                     b"done"]
+    finally:
+        await registry.close()
+        await redis.aclose()

@@ -86,6 +86,29 @@ return #KEYS
 """
 
 
+# KEYS: a turn stream; ARGV: the id of the last entry the caller saw ("0-0": none), the seq
+# and data of the error that ends the turn, the TTL. Appends the error only when nothing
+# was added since the caller looked (the owner is gone); returns 1 when it did, 0 when the
+# stream moved on (the owner is alive after all), -1 when the stream expired.
+LOST_LUA = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return -1 end
+if last[1][1] ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[1], '*', 's', ARGV[2], 'e', 'error', 'd', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class TurnLost(DownstreamTimeout):
+    """The process running a followed turn stopped without ending it."""
+
+    def __init__(self, seen_id: str, seq: int) -> None:
+        super().__init__("the gateway process running the turn stopped without ending it")
+        self.seen_id = seen_id  # the last stream entry the follower read
+        self.seq = seq  # the last seq the follower's client has
+
+
 def _reraise_cancel() -> None:
     """A cancel that arrived while a Redis call timed out surfaces as TimeoutError (3.11's
     asyncio.timeout); do not let it be swallowed as a Redis failure."""
@@ -488,19 +511,46 @@ class TurnRegistry:
                      trace_id: str) -> None:
         """Hand a turn run by another process to ``listener`` until its end.
 
-        When it cannot be followed (Redis down, the turn stopped without an end) the
-        listener gets an ``error`` numbered like the last event it got, so a resume after
-        that error misses nothing.
+        When it cannot be followed for now (Redis down) the listener gets an ``error``
+        numbered like the last event it got, so a resume after that error misses nothing.
+        When the process running the turn is gone, the follower ends the turn for everyone:
+        the ``error`` is stored as the turn's last event, so a client that got it is told
+        ``204`` on its next reconnect instead of waiting for the same error again.
         """
         last = after_seq
+        while True:
+            try:
+                async for item in self.remote_events(turn_id, owner, after_seq):
+                    last = after_seq = item.seq
+                    listener(item)
+                return
+            except TurnLost as lost:
+                value = lost.body(trace_id)
+                data = json.dumps(value).encode()
+                if await self._end_lost(turn_id, lost, data):
+                    listener(turn_event(id_prefix(turn_id), lost.seq + 1, "error", data,
+                                        value))
+                    return
+                # The owner wrote again after all: follow on from what the client has.
+            except GatewayError as err:
+                value = err.body(trace_id)
+                listener(turn_event(id_prefix(turn_id), last, "error",
+                                    json.dumps(value).encode(), value))
+                return
+
+    async def _end_lost(self, turn_id: str, lost: TurnLost, data: bytes) -> bool:
+        """Store ``lost``'s error as the end of a turn whose owner is gone; False when the
+        stream moved on since the follower looked (the owner is alive)."""
+        redis = self.redis
+        if redis is None:
+            return True
         try:
-            async for item in self.remote_events(turn_id, owner, after_seq):
-                last = item.seq
-                listener(item)
-        except GatewayError as err:
-            value = err.body(trace_id)
-            listener(turn_event(id_prefix(turn_id), last, "error",
-                                json.dumps(value).encode(), value))
+            done: Any = await redis.eval(LOST_LUA, 1, self.stream_key(turn_id),
+                                         lost.seen_id, lost.seq + 1, data, self.ttl_s)
+        except (RedisError, OSError):
+            _reraise_cancel()
+            return True  # the client still gets the error; a later resume will look again
+        return int(done) != 0
 
     async def remote_events(self, turn_id: str, owner: str, after_seq: int
                             ) -> AsyncIterator[TurnEvent]:
@@ -558,8 +608,9 @@ class TurnRegistry:
             if batch:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > self.idle_timeout_s + self.grace_s:
-                # The process running the turn is gone: say so instead of waiting forever.
-                raise DownstreamTimeout("the turn stopped without an end")
+                # The process running the turn is gone (it would have ended the turn by its
+                # own idle timeout): say so instead of waiting forever.
+                raise TurnLost(last_id, after_seq)
 
 
 TURNS = web.AppKey("turns", TurnRegistry)
