@@ -185,6 +185,78 @@ async def test_agent_closing_before_its_answer_counts_once_on_the_breaker(
             resp = await client.post("/v1/chat/stream", json={"message": "hi"},
                                      headers=bearer())
             codes.append((await read_events(resp))[-1].data["error"]["code"])
-        assert codes == ["DOWNSTREAM_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE", "CIRCUIT_OPEN"]
+        # Reached, then hung up: a 502 as on the proxy routes (503 is "cannot reach").
+        assert codes == ["DOWNSTREAM_ERROR", "DOWNSTREAM_ERROR", "CIRCUIT_OPEN"]
     finally:
         server.close()
+
+
+async def test_agent_error_events_do_not_open_the_breaker(start_agent: Callable[..., Any],
+                                                          chat_gateway: Callable[..., Any]
+                                                          ) -> None:
+    """The agent's own error event (one user's bad turn) is an answer, not an outage:
+    however many there are, other turns still reach the agent."""
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent, upstream={"breaker_failures": 2, "breaker_window": 2})
+    for _ in range(4):
+        resp = await client.post("/v1/chat/stream", json=_agent(failure="error", after=1),
+                                 headers=bearer())
+        assert (await read_events(resp))[-1].data["error"]["code"] == "DOWNSTREAM_ERROR"
+    resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer("bob"))
+    assert resp.status == 200
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer("bob"))
+    assert (await read_events(resp))[-1].event == "done"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'luki_upstream_circuit_state{upstream="agent"} 0.0' in metrics
+
+
+async def _not_http_agent() -> tuple[asyncio.Server, str]:
+    """An 'agent' that answers every request with something that is not HTTP."""
+    async def ssh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.0\r\nthis is not http\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(ssh, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_answer_that_is_not_http_is_a_downstream_error(
+        gateway: Callable[..., Any]) -> None:
+    """Reached, but not speaking HTTP: 502 DOWNSTREAM_ERROR on every chat route, as on the
+    proxy routes (503 DOWNSTREAM_UNAVAILABLE is for an agent that cannot be reached)."""
+    server, url = await _not_http_agent()
+    try:
+        client = await gateway(upstreams={"agent": url})
+        resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "DOWNSTREAM_ERROR"
+        resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+        events = await read_events(resp)
+        assert [(e.event, e.data["error"]["code"]) for e in events] == [
+            ("error", "DOWNSTREAM_ERROR")]
+    finally:
+        server.close()
+
+
+async def test_sync_chat_maps_an_agent_503_like_the_stream(upstream: Callable[..., Any],
+                                                            gateway: Callable[..., Any]
+                                                            ) -> None:
+    """An agent answering 503 is DOWNSTREAM_UNAVAILABLE on the sync route too (503), not a
+    502 DOWNSTREAM_ERROR; a 500 stays a 502."""
+    async def busy(request: web.Request) -> web.Response:
+        status = 503 if (await request.json())["message"] == "busy" else 500
+        return web.json_response({"error": "busy"}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat", busy)
+    client = await gateway(upstreams={"agent": await upstream(app)})
+    resp = await client.post("/v1/chat", json={"message": "busy"}, headers=bearer())
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
+    assert body["error"]["details"] == {"upstream_status": 503}
+    resp = await client.post("/v1/chat", json={"message": "broken"}, headers=bearer())
+    assert resp.status == 502
+    assert (await resp.json())["error"]["code"] == "DOWNSTREAM_ERROR"

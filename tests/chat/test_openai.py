@@ -128,3 +128,84 @@ async def test_openai_tool_call_arguments_stay_json(upstream: Callable[..., Any]
         call = json.loads(await resp.text(),
                           parse_constant=lambda c: pytest.fail(c))["tool_calls"][0]
         assert isinstance(call["arguments"], str)
+
+
+async def _fake_openai_stream(upstream: Callable[..., Any], gateway: Callable[..., Any],
+                              chunks: list[dict[str, Any]]) -> Any:
+    """A gateway in OpenAI mode in front of a fake server streaming ``chunks``."""
+    async def completions(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    return await gateway(upstreams={"agent": await upstream(app)}, chat=OPENAI)
+
+
+def _call(call_id: str, name: str, arguments: str, **index: int) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", **index,
+            "function": {"name": name, "arguments": arguments}}
+
+
+@pytest.mark.parametrize("indexes", [{}, {"first": 0, "second": 0}],
+                         ids=["no-index", "all-at-index-0"])
+async def test_openai_parallel_tool_calls_without_distinct_indexes(
+        upstream: Callable[..., Any], gateway: Callable[..., Any],
+        indexes: dict[str, int]) -> None:
+    """Ollama sends parallel tool calls without an index, or all at index 0: a new call
+    id starts a new call instead of being glued onto the previous one."""
+    first = {"index": indexes["first"]} if indexes else {}
+    second = {"index": indexes["second"]} if indexes else {}
+    client = await _fake_openai_stream(upstream, gateway, [
+        {"choices": [{"delta": {"tool_calls": [
+            _call("c1", "get_weather", '{"city": "Paris"}', **first)]}}]},
+        {"choices": [{"delta": {"tool_calls": [
+            _call("c2", "get_time", '{"tz": "CET"}', **second)]}}]},
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+    ])
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    events = await read_events(resp)
+    assert [(e.event, e.data.get("name"), e.data.get("arguments")) for e in events[:-1]] == [
+        ("tool_call", "get_weather", {"city": "Paris"}),
+        ("tool_call", "get_time", {"tz": "CET"})]
+    assert events[-1].event == "done" and events[-1].data["finish_reason"] == "tool_calls"
+
+
+async def test_openai_fragments_without_id_continue_their_call(
+        upstream: Callable[..., Any], gateway: Callable[..., Any]) -> None:
+    """The usual shape: the first fragment names the call, later ones carry only the index
+    (or repeat the id) and more arguments; interleaved calls stay apart."""
+    client = await _fake_openai_stream(upstream, gateway, [
+        {"choices": [{"delta": {"tool_calls": [_call("a", "f", '{"x"', index=0),
+                                               _call("b", "g", "[1", index=1)]}}]},
+        {"choices": [{"delta": {"tool_calls": [
+            {"index": 1, "function": {"arguments": ", 2]"}},
+            {"index": 0, "id": "a", "function": {"arguments": ": 1}"}}]}}]},
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+    ])
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    calls = [e.data for e in await read_events(resp) if e.event == "tool_call"]
+    assert calls == [{"id": "a", "name": "f", "arguments": {"x": 1}},
+                     {"id": "b", "name": "g", "arguments": [1, 2]}]
+
+
+async def test_openai_chunk_with_a_null_error_is_not_an_error(
+        upstream: Callable[..., Any], gateway: Callable[..., Any]) -> None:
+    """``"error": null`` beside the content is no error; a real error object still is."""
+    client = await _fake_openai_stream(upstream, gateway, [
+        {"error": None, "choices": [{"delta": {"content": "hello"}}]},
+        {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+    ])
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    assert [e.event for e in await read_events(resp)] == ["token", "done"]
+    client = await _fake_openai_stream(upstream, gateway, [
+        {"error": {"message": "overloaded", "type": "server_error"}},
+    ])
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    events = await read_events(resp)
+    assert [(e.event, e.data["error"]["code"]) for e in events] == [
+        ("error", "DOWNSTREAM_ERROR")]

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import yarl
 
-from ..errors import DownstreamError, DownstreamTimeout, DownstreamUnavailable
+from ..errors import DownstreamError, DownstreamTimeout, DownstreamUnavailable, GatewayError
 from ..validation import strict_json
 from .breaker import CircuitBreaker
 from .http1 import BadResponse, ConnectFailed, Connection, Pool, UpstreamClosed, request_head
@@ -191,7 +191,8 @@ class OpenAIDialect:
         self.model = model
         self._finish: str | None = None
         self._usage: Any = None
-        self._tools: dict[int, _ToolCallParts] = {}
+        self._tools: list[_ToolCallParts] = []  # in the order they began
+        self._tool_at: dict[int, _ToolCallParts] = {}  # the call each index is building
 
     def body(self, turn: AgentRequest, stream: bool) -> dict[str, Any]:
         """An OpenAI chat-completions request for this turn."""
@@ -217,7 +218,7 @@ class OpenAIDialect:
         if data == "[DONE]":
             return [*self._flush_tools(), _done(self._finish or "stop", self._usage)]
         chunk = _decode_object(data)
-        if "error" in chunk:
+        if chunk.get("error"):
             return [_agent_error(chunk["error"])]
         if chunk.get("usage") is not None:
             self._usage = chunk["usage"]
@@ -243,14 +244,28 @@ class OpenAIDialect:
         return out
 
     def _collect_tools(self, calls: list[Any]) -> None:
+        """Join argument fragments per call. A fragment continues the call at its
+        ``index`` (without one: the latest call) unless it names another call ``id``:
+        some servers (Ollama) send parallel calls without an index, or all at index 0."""
         for call in calls:
             if not isinstance(call, Mapping):
                 raise DownstreamError("agent sent a malformed tool call")
-            index = call.get("index", 0)
-            parts = self._tools.setdefault(index if isinstance(index, int) else 0,
-                                           _ToolCallParts())
-            if isinstance(call.get("id"), str):
-                parts.id = call["id"]
+            index = call.get("index")
+            if not isinstance(index, int):
+                index = None
+            call_id = call.get("id")
+            if not isinstance(call_id, str):
+                call_id = ""
+            tools = self._tools
+            parts = self._tool_at.get(index) if index is not None else (
+                tools[-1] if tools else None)
+            if parts is None or (call_id and parts.id and call_id != parts.id):
+                parts = _ToolCallParts()
+                tools.append(parts)
+                if index is not None:
+                    self._tool_at[index] = parts
+            if call_id:
+                parts.id = call_id
             function = call.get("function")
             if isinstance(function, Mapping):
                 if isinstance(function.get("name"), str):
@@ -260,10 +275,11 @@ class OpenAIDialect:
 
     def _flush_tools(self) -> list[AgentEvent]:
         out = []
-        for index in sorted(self._tools):
-            payload = self._tools[index].payload()
+        for parts in self._tools:
+            payload = parts.payload()
             out.append(AgentEvent("tool_call", _json_bytes(payload), payload))
         self._tools.clear()
+        self._tool_at.clear()
         return out
 
     def finish(self) -> list[AgentEvent]:
@@ -398,7 +414,9 @@ class AgentStream:
                 for event in translate(block, parser):
                     events.append(event)
                     if event.kind == "done" or event.kind == "error":
-                        self._end(event.kind == "done")
+                        # The agent's own error event is an answer, not a broken upstream:
+                        # one user's bad turn must not open the breaker for everyone.
+                        self._end(True)
                         return events
         except (SseProtocolError, DownstreamError) as exc:
             self._end(False)
@@ -449,6 +467,26 @@ class AgentStream:
 _BROKEN = (UpstreamClosed, BadResponse, TimeoutError, OSError)
 
 
+def _error_answer(status: int) -> GatewayError:
+    """The agent answered 4xx/5xx: 503 means it is unavailable, anything else an error."""
+    if status == 503:
+        return DownstreamUnavailable(details={"upstream_status": status})
+    return DownstreamError(details={"upstream_status": status})
+
+
+def _exchange_failed(exc: BaseException) -> GatewayError:
+    """An exchange that failed before the agent's answer: not reached (503), too slow
+    (504), or it hung up or answered with something that is not HTTP (502), as on the
+    proxy routes."""
+    if isinstance(exc, ConnectFailed | aiohttp.ClientConnectorError):
+        return DownstreamUnavailable()
+    if isinstance(exc, TimeoutError):
+        return DownstreamTimeout()
+    if isinstance(exc, BadResponse | aiohttp.ClientResponseError):
+        return DownstreamError("agent answered with something that is not HTTP")
+    return DownstreamError("agent connection broke before its answer was complete")
+
+
 class AgentClient:
     """Talks to the agent through the upstream's one persistent session."""
 
@@ -488,18 +526,15 @@ class AgentClient:
             ) as response:
                 if response.status >= 400:
                     _record(self.breaker, response.status < 500)
-                    raise DownstreamError(details={"upstream_status": response.status})
+                    raise _error_answer(response.status)
                 try:
                     body = await response.json(loads=strict_json, content_type=None)
                 except (ValueError, RecursionError):
                     _record(self.breaker, False)
                     raise DownstreamError("agent answered with invalid JSON") from None
-        except TimeoutError:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             _record(self.breaker, False)
-            raise DownstreamTimeout() from None
-        except aiohttp.ClientError:
-            _record(self.breaker, False)
-            raise DownstreamUnavailable() from None
+            raise _exchange_failed(exc) from None
         reply = dialect.reply(body)
         _record(self.breaker, True)
         return reply
@@ -528,7 +563,7 @@ class AgentClient:
             pool.release(conn)  # incomplete: closed, never reused
             if isinstance(exc, _BROKEN):
                 _record(self.breaker, False)
-                raise DownstreamUnavailable() from None
+                raise _exchange_failed(exc) from None
             raise
         return PendingStream(pool, conn, answered, dialect, self.breaker)
 
@@ -569,15 +604,13 @@ class PendingStream:
             pool.release(conn)  # incomplete: closed, never reused
             if isinstance(exc, _BROKEN):
                 _record(breaker, False)
-                raise DownstreamUnavailable() from None
+                raise _exchange_failed(exc) from None
             raise
         status = conn.status
         if status >= 400:
             pool.release(conn)
             _record(breaker, status < 500)
-            if status == 503:
-                raise DownstreamUnavailable(details={"upstream_status": status})
-            raise DownstreamError(details={"upstream_status": status})
+            raise _error_answer(status)
         return self._stream or AgentStream(pool, conn, self._dialect, breaker)
 
     def abort(self) -> None:
