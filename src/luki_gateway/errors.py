@@ -8,7 +8,7 @@ never a stack trace, never a secret.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -80,6 +80,17 @@ class InsufficientScope(GatewayError):
     code = "INSUFFICIENT_SCOPE"
     status = 403
     default_message = "insufficient scope"
+
+    @classmethod
+    def missing(cls, scopes: Sequence[str], message: str | None = None
+                ) -> InsufficientScope:
+        """The one shape of a scope refusal: ``details.missing_scopes`` and the RFC 6750
+        challenge naming them."""
+        return cls(message or f"missing scope {scopes[0]}",
+                   details={"missing_scopes": list(scopes)},
+                   headers={"WWW-Authenticate": f'Bearer realm="luki", '
+                                                f'error="insufficient_scope", '
+                                                f'scope="{" ".join(scopes)}"'})
 
 
 class NotFound(GatewayError):

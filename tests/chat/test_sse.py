@@ -179,7 +179,15 @@ async def test_acting_for_another_user_needs_act_as(start_agent: Callable[..., A
     resp = await client.post("/v1/chat/stream", json={"message": "hi", "user_id": "bob"},
                              headers=bearer("alice"))
     assert resp.status == 403
-    assert (await resp.json())["error"]["code"] == "INSUFFICIENT_SCOPE"
+    # The same refusal as any other missing scope: details.missing_scopes and the challenge.
+    error = (await resp.json())["error"]
+    assert (error["code"], error["details"]) == ("INSUFFICIENT_SCOPE",
+                                                 {"missing_scopes": ["chat:act_as"]})
+    assert resp.headers["WWW-Authenticate"] == (
+        'Bearer realm="luki", error="insufficient_scope", scope="chat:act_as"')
+    resp = await client.post("/v1/chat", json={"message": "hi", "user_id": "bob"},
+                             headers=bearer("alice"))
+    assert (await resp.json())["error"]["details"] == {"missing_scopes": ["chat:act_as"]}
     resp = await client.post("/v1/chat/stream", json={"message": "hi", "user_id": "alice"},
                              headers=bearer("alice"))
     assert [e.event for e in await read_events(resp)] == ["token", "done"]

@@ -18,8 +18,7 @@ def require_chat_scope(principal: Principal) -> None:
     """A WebSocket turn needs what the HTTP chat routes need (the socket itself does not)."""
     missing = principal.missing_scopes((CHAT_SCOPE,))
     if missing:
-        raise InsufficientScope(f"missing scope {CHAT_SCOPE}",
-                                details={"missing_scopes": list(missing)})
+        raise InsufficientScope.missing(missing)
 
 
 def resolve_user(principal: Principal, requested: str | None) -> str:
@@ -27,8 +26,8 @@ def resolve_user(principal: Principal, requested: str | None) -> str:
     if requested is None or requested == principal.subject:
         return principal.subject
     if not principal.has_scope(ACT_AS_SCOPE):
-        raise InsufficientScope(f"acting for another user needs the {ACT_AS_SCOPE} scope",
-                                details={"required_scopes": [ACT_AS_SCOPE]})
+        raise InsufficientScope.missing(
+            (ACT_AS_SCOPE,), f"acting for another user needs the {ACT_AS_SCOPE} scope")
     return requested
 
 

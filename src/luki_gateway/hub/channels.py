@@ -64,7 +64,7 @@ def publish_refusal(principal: Principal) -> GatewayError | None:
     """Why ``principal`` may not publish (None when it holds ``events:publish``)."""
     if principal.has_scope(PUBLISH_SCOPE):
         return None
-    return InsufficientScope(details={"missing_scopes": [PUBLISH_SCOPE]})
+    return InsufficientScope.missing((PUBLISH_SCOPE,))
 
 
 def policy_for(channel: str, settings: HubSettings) -> Policy:

@@ -137,8 +137,4 @@ def _admit(request: web.Request, access: RouteAccess, authenticator: Authenticat
     missing = principal.missing_scopes(access.scopes_for(request.method))
     if missing:
         authenticator.fail("insufficient_scope")
-        raise InsufficientScope(
-            f"missing scope {missing[0]}", details={"missing_scopes": list(missing)},
-            headers={"WWW-Authenticate":
-                     f'Bearer realm="luki", error="insufficient_scope", '
-                     f'scope="{" ".join(missing)}"'})
+        raise InsufficientScope.missing(missing)

@@ -21,7 +21,7 @@ async def stats(request: web.Request) -> web.Response:
         if principal is None:
             raise Unauthenticated()
         if not principal.has_scope(STATS_SCOPE):
-            raise InsufficientScope(details={"missing_scopes": [STATS_SCOPE]})
+            raise InsufficientScope.missing((STATS_SCOPE,))
     return web.json_response(request.app[HUB].stats())
 
 
