@@ -83,3 +83,43 @@ def test_first_token_times_keep_sub_millisecond_resolution_on_uvloop() -> None:
         total_ms = samples[(name, ())] * 1000
         assert total_ms > 0
         assert abs(total_ms - round(total_ms)) > 1e-6, f"{name} counts whole milliseconds"
+
+
+async def test_agent_exchanges_are_upstream_metrics(start_agent: Callable[..., Any],
+                                                    chat_gateway: Callable[..., Any],
+                                                    gateway: Callable[..., Any]) -> None:
+    """The agent is an upstream like the proxy's: its answers, times and failures by kind
+    are in luki_upstream_*, so an agent outage shows where upstream alerts look."""
+    agent = await start_agent(tokens=2)
+    client = await chat_gateway(agent, chat={"first_token_timeout_s": 0.3},
+                                upstream={"breaker_failures": 100, "breaker_window": 100})
+    resp = await client.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    await read_events(resp)
+    assert (await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
+            ).status == 200
+    resp = await client.post("/v1/chat/stream", json={
+        "message": "x", "context": {"agent": {"failure": "garbage", "after": 1}}},
+        headers=bearer())
+    await read_events(resp)
+    resp = await client.post("/v1/chat/stream", json={
+        "message": "x", "context": {"agent": {"first_token_delay_s": 3.0}}}, headers=bearer())
+    await read_events(resp)
+    resp = await client.post("/v1/chat/stream", json={
+        "message": "x", "context": {"agent": {"failure": "http_error"}}}, headers=bearer())
+    await read_events(resp)
+    s = await _samples(client)
+    agent_label = ("upstream", "agent")
+    assert s[("luki_upstream_requests_total", (("status", "200"), agent_label))] == 4
+    assert s[("luki_upstream_requests_total", (("status", "500"), agent_label))] == 1
+    assert s[("luki_upstream_duration_seconds_count", (agent_label,))] == 5
+    assert s[("luki_upstream_errors_total", (("kind", "bad_response"), agent_label))] == 1
+    assert s[("luki_upstream_errors_total", (("kind", "timeout"), agent_label))] == 1
+
+    down = await gateway(upstreams={"agent": "http://127.0.0.1:9"},
+                         upstream={"breaker_failures": 1, "breaker_window": 1})
+    for _ in range(2):
+        resp = await down.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+        await read_events(resp)
+    s = await _samples(down)
+    assert s[("luki_upstream_errors_total", (("kind", "connect"), agent_label))] == 1
+    assert s[("luki_upstream_errors_total", (("kind", "circuit_open"), agent_label))] == 1

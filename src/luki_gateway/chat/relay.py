@@ -38,8 +38,10 @@ from ..upstream.agent import (
     AgentEvent,
     AgentRequest,
     AgentStream,
+    Outcomes,
     PendingStream,
 )
+from ..upstream.metrics import UPSTREAM_METRICS
 from ..upstream.sessions import UPSTREAMS
 from .limits import TurnAllowance
 from .metrics import CHAT_METRICS, ChatMetrics
@@ -257,6 +259,7 @@ class RelayedTurn:
         except asyncio.CancelledError:
             task.uncancel()  # our own cancel (watchdog or cancel()); the turn still ends
             if watchdog.fired:
+                agent_client(app).outcomes.failed("timeout")
                 failure = DownstreamTimeout(
                     "no token from the agent within the idle timeout" if self.tokens else
                     "no first token from the agent in time")
@@ -332,7 +335,9 @@ def _client_for(app: web.Application) -> AgentClient:
     upstream = app[UPSTREAMS].get("agent")
     return AgentClient(upstream.session, upstream.base_url, pool=upstream.pool,
                        protocol=settings.chat.agent_protocol, model=settings.chat.agent_model,
-                       breaker=upstream.breaker, timeout_s=settings.upstream.timeout_s,
+                       outcomes=Outcomes(upstream.name, upstream.breaker,
+                                         app[UPSTREAM_METRICS]),
+                       timeout_s=settings.upstream.timeout_s,
                        connect_timeout_s=settings.upstream.connect_timeout_s)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -18,10 +19,12 @@ from typing import Any, NamedTuple
 import aiohttp
 import yarl
 
-from ..errors import DownstreamError, DownstreamTimeout, DownstreamUnavailable, GatewayError
+from ..errors import CircuitOpen, DownstreamError, DownstreamUnavailable, GatewayError
 from ..validation import strict_json
 from .breaker import CircuitBreaker
+from .failures import classify
 from .http1 import BadResponse, ConnectFailed, Connection, Pool, UpstreamClosed, request_head
+from .metrics import UpstreamMetrics
 from .sse import SseEvent, SseParser, SseProtocolError
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "cancelled", "client_gone"})
@@ -313,12 +316,49 @@ class OpenAIDialect:
 Dialect = NativeDialect | OpenAIDialect
 
 
-def _record(breaker: CircuitBreaker | None, ok: bool) -> None:
-    if breaker is not None:
-        if ok:
-            breaker.record_success()
-        else:
-            breaker.record_failure()
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """Where the outcome of each agent exchange is counted: the upstream's circuit breaker
+    and ``luki_upstream_*`` metrics, as for the proxy's upstreams."""
+
+    name: str = "agent"
+    breaker: CircuitBreaker | None = None
+    metrics: UpstreamMetrics | None = None
+
+    def before_request(self) -> None:
+        """Raise CircuitOpen (counted) while the breaker is open."""
+        if self.breaker is not None:
+            try:
+                self.breaker.before_request()
+            except CircuitOpen:
+                if self.metrics is not None:
+                    self.metrics.errors.labels(self.name, "circuit_open").inc()
+                raise
+
+    def record(self, ok: bool) -> None:
+        """One exchange's end for the breaker."""
+        if self.breaker is not None:
+            if ok:
+                self.breaker.record_success()
+            else:
+                self.breaker.record_failure()
+
+    def answered(self, status: int, started: float) -> None:
+        """The answer's head arrived ``started`` (perf_counter) after the request."""
+        if self.metrics is not None:
+            self.metrics.observe(self.name, status, time.perf_counter() - started)
+
+    def failed(self, kind: str) -> None:
+        """A failed exchange of ``kind`` (timeout|connect|reset|bad_response)."""
+        if self.metrics is not None:
+            self.metrics.errors.labels(self.name, kind).inc()
+        self.record(False)
+
+    def broke(self, exc: BaseException) -> GatewayError:
+        """Count an exchange that failed before the answer; the client's error."""
+        kind, error, _ = classify(exc)
+        self.failed(kind)
+        return error
 
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -329,15 +369,15 @@ class AgentStream:
     """An open streamed turn on one pooled connection: :meth:`follow` it until its
     terminal event, then :meth:`release` (or :meth:`close` to cancel)."""
 
-    __slots__ = ("_breaker", "_conn", "_deliver", "_dialect", "_done", "_ended", "_failed",
-                 "_ok", "_parser", "_pool")
+    __slots__ = ("_conn", "_deliver", "_dialect", "_done", "_ended", "_failed", "_ok",
+                 "_outcomes", "_parser", "_pool")
 
-    def __init__(self, pool: Pool, conn: Connection, dialect: Dialect,
-                 breaker: CircuitBreaker | None) -> None:
+    def __init__(self, pool: Pool, conn: Connection, dialect: Dialect, outcomes: Outcomes
+                 ) -> None:
         self._pool = pool
         self._conn = conn
         self._dialect = dialect
-        self._breaker = breaker
+        self._outcomes = outcomes
         self._parser = SseParser()
         self._ended = False
         self._ok = False
@@ -383,7 +423,7 @@ class AgentStream:
             return
         status = self._conn.status
         if 0 < status < 400:  # before an answer, or in an error answer, opened() reports it
-            self._end(False)
+            self._end(False, "reset")
         self._settle(DownstreamError("agent connection broke mid-stream"))
 
     def _settle(self, error: BaseException | None) -> None:
@@ -427,11 +467,14 @@ class AgentStream:
             self._failed = failure  # the events before the bad one still go out
         return events
 
-    def _end(self, ok: bool) -> None:
+    def _end(self, ok: bool, kind: str = "bad_response") -> None:
         if not self._ended:
             self._ended = True
             self._ok = ok
-            _record(self._breaker, ok)
+            if ok:
+                self._outcomes.record(True)
+            else:
+                self._outcomes.failed(kind)
 
     @property
     def ended_ok(self) -> bool:
@@ -474,25 +517,12 @@ def _error_answer(status: int) -> GatewayError:
     return DownstreamError(details={"upstream_status": status})
 
 
-def _exchange_failed(exc: BaseException) -> GatewayError:
-    """An exchange that failed before the agent's answer: not reached (503), too slow
-    (504), or it hung up or answered with something that is not HTTP (502), as on the
-    proxy routes."""
-    if isinstance(exc, ConnectFailed | aiohttp.ClientConnectorError):
-        return DownstreamUnavailable()
-    if isinstance(exc, TimeoutError):
-        return DownstreamTimeout()
-    if isinstance(exc, BadResponse | aiohttp.ClientResponseError):
-        return DownstreamError("agent answered with something that is not HTTP")
-    return DownstreamError("agent connection broke before its answer was complete")
-
-
 class AgentClient:
     """Talks to the agent through the upstream's one persistent session."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: yarl.URL, *,
                  pool: Pool | None = None, protocol: str = "native", model: str = "luki-agent",
-                 breaker: CircuitBreaker | None = None, timeout_s: float = 30.0,
+                 outcomes: Outcomes | None = None, timeout_s: float = 30.0,
                  connect_timeout_s: float = 2.0) -> None:
         self.session = session
         self.base_url = base_url
@@ -501,7 +531,7 @@ class AgentClient:
         self.pool = pool
         self.protocol = protocol
         self.model = model
-        self.breaker = breaker
+        self.outcomes = outcomes or Outcomes()
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
 
@@ -516,27 +546,32 @@ class AgentClient:
     async def complete(self, turn: AgentRequest, headers: Mapping[str, str]) -> dict[str, Any]:
         """A whole turn in one request: ``{text, tool_calls, usage}``."""
         dialect = self.dialect()
-        if self.breaker is not None:
-            self.breaker.before_request()
+        outcomes = self.outcomes
+        outcomes.before_request()
+        started = time.perf_counter()
         try:
             async with self.session.post(
                 self.url(dialect.path_sync), json=dialect.body(turn, False),
                 headers={**headers, **_JSON_HEADERS},
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as response:
+                outcomes.answered(response.status, started)
                 if response.status >= 400:
-                    _record(self.breaker, response.status < 500)
+                    outcomes.record(response.status < 500)
                     raise _error_answer(response.status)
                 try:
                     body = await response.json(loads=strict_json, content_type=None)
                 except (ValueError, RecursionError):
-                    _record(self.breaker, False)
+                    outcomes.failed("bad_response")
                     raise DownstreamError("agent answered with invalid JSON") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            _record(self.breaker, False)
-            raise _exchange_failed(exc) from None
-        reply = dialect.reply(body)
-        _record(self.breaker, True)
+            raise outcomes.broke(exc) from None
+        try:
+            reply = dialect.reply(body)
+        except DownstreamError:
+            outcomes.failed("bad_response")
+            raise
+        outcomes.record(True)
         return reply
 
     async def start_stream(self, turn: AgentRequest, headers: Mapping[str, str]
@@ -547,25 +582,25 @@ class AgentClient:
         if pool is None:
             raise DownstreamUnavailable(details={"upstream": "agent"})
         dialect = self.dialect()
-        if self.breaker is not None:
-            self.breaker.before_request()
+        outcomes = self.outcomes
+        outcomes.before_request()
+        started = time.perf_counter()
         body = json.dumps(dialect.body(turn, True)).encode()
         head = request_head("POST", pool.base_path + dialect.path_stream, pool.authority,
                             [*headers.items(), *_SSE_HEADERS.items()], body)
         try:
             conn = await pool.acquire()
-        except (ConnectFailed, TimeoutError, OSError):
-            _record(self.breaker, False)
+        except (ConnectFailed, TimeoutError, OSError) as exc:
+            outcomes.failed("timeout" if isinstance(exc, TimeoutError) else "connect")
             raise DownstreamUnavailable() from None
         try:
             answered = conn.send(head, body, None)
         except BaseException as exc:
             pool.release(conn)  # incomplete: closed, never reused
             if isinstance(exc, _BROKEN):
-                _record(self.breaker, False)
-                raise _exchange_failed(exc) from None
+                raise outcomes.broke(exc) from None
             raise
-        return PendingStream(pool, conn, answered, dialect, self.breaker)
+        return PendingStream(pool, conn, answered, dialect, outcomes, started)
 
     async def open_stream(self, turn: AgentRequest, headers: Mapping[str, str]) -> AgentStream:
         """Send the streamed request and wait for the answer's head (the caller bounds
@@ -577,41 +612,43 @@ class PendingStream:
     """A streamed request written to the agent, its answer not yet read: :meth:`opened`
     once, or :meth:`abort`."""
 
-    __slots__ = ("_answered", "_breaker", "_conn", "_dialect", "_pool", "_stream")
+    __slots__ = ("_answered", "_conn", "_dialect", "_outcomes", "_pool", "_started",
+                 "_stream")
 
     def __init__(self, pool: Pool, conn: Connection, answered: asyncio.Future[None],
-                 dialect: Dialect, breaker: CircuitBreaker | None) -> None:
+                 dialect: Dialect, outcomes: Outcomes, started: float) -> None:
         self._pool = pool
         self._conn = conn
         self._answered = answered
         self._dialect = dialect
-        self._breaker = breaker
+        self._outcomes = outcomes
+        self._started = started
         self._stream: AgentStream | None = None
 
     def follow(self, deliver: Callable[[list[AgentEvent]], None]) -> asyncio.Future[None]:
         """:meth:`AgentStream.follow`, from before the answer's head arrives: the first
         events are delivered by the callback that reads them, with no task switch before.
         :meth:`opened` still checks the head (and returns this stream)."""
-        self._stream = AgentStream(self._pool, self._conn, self._dialect, self._breaker)
+        self._stream = AgentStream(self._pool, self._conn, self._dialect, self._outcomes)
         return self._stream.follow(deliver)
 
     async def opened(self) -> AgentStream:
         """Wait for the answer's head: the stream, or DownstreamUnavailable/DownstreamError."""
-        pool, conn, breaker = self._pool, self._conn, self._breaker
+        pool, conn, outcomes = self._pool, self._conn, self._outcomes
         try:
             await self._answered
         except BaseException as exc:
             pool.release(conn)  # incomplete: closed, never reused
             if isinstance(exc, _BROKEN):
-                _record(breaker, False)
-                raise _exchange_failed(exc) from None
+                raise outcomes.broke(exc) from None
             raise
         status = conn.status
+        outcomes.answered(status, self._started)
         if status >= 400:
             pool.release(conn)
-            _record(breaker, status < 500)
+            outcomes.record(status < 500)
             raise _error_answer(status)
-        return self._stream or AgentStream(pool, conn, self._dialect, breaker)
+        return self._stream or AgentStream(pool, conn, self._dialect, outcomes)
 
     def abort(self) -> None:
         """Drop the request unread (the connection is closed, the agent sees a cancel)."""

@@ -22,9 +22,6 @@ from yarl import URL
 
 from ..errors import (
     CircuitOpen,
-    DownstreamError,
-    DownstreamTimeout,
-    DownstreamUnavailable,
     GatewayError,
     MethodNotAllowed,
     NotFound,
@@ -32,6 +29,7 @@ from ..errors import (
     ValidationFailed,
 )
 from ..settings import Settings
+from .failures import classify
 from .forwarding import ForwardingPolicy, request_headers, response_headers
 from .http1 import BadResponse, ConnectFailed, Connection, UpstreamClosed, request_head
 from .metrics import UPSTREAM_METRICS, UpstreamMetrics
@@ -137,20 +135,6 @@ def _target(upstream: Upstream, route: Route, request: web.Request) -> str:
     target = upstream.pool.base_path + route.upstream_path(path)
     query = rel.raw_query_string
     return f"{target}?{query}" if query else target
-
-
-def _classify(exc: BaseException) -> tuple[str, GatewayError, bool]:
-    """(metric kind, error for the client, retryable) for a failure before headers."""
-    if isinstance(exc, TimeoutError):
-        # connect timeouts included: the request may still have been accepted upstream
-        return "timeout", DownstreamTimeout(), False
-    if isinstance(exc, ConnectFailed | aiohttp.ClientConnectorError):
-        return "connect", DownstreamUnavailable(), True
-    if isinstance(exc, UpstreamClosed | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
-                  | aiohttp.ClientPayloadError):
-        # A stale keep-alive connection closed under us is the classic retryable case.
-        return "reset", DownstreamError("upstream closed the connection"), True
-    return "bad_response", DownstreamError(), False
 
 
 def _backoff(base_s: float, attempt: int) -> float:
@@ -265,7 +249,7 @@ def _before_request(upstream: Upstream, metrics: UpstreamMetrics) -> None:
 def _failed(upstream: Upstream, metrics: UpstreamMetrics, exc: BaseException,
             retry_allowed: bool) -> GatewayError | None:
     """Count a failure before the response started: the error to answer, or None to retry."""
-    kind, error, retryable = _classify(exc)
+    kind, error, retryable = classify(exc)
     metrics.errors.labels(upstream.name, kind).inc()
     upstream.breaker.record_failure()
     if retryable and retry_allowed:
