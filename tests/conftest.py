@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from luki_gateway.app import create_app
 from luki_gateway.settings import SECTIONS, UPSTREAM_ENV, AuthSettings, Settings, load_settings
@@ -89,6 +89,15 @@ def backend_redis_url(request: pytest.FixtureRequest) -> str:
     return ""
 
 
+class ServedLikeServe(TestServer):
+    """The app served as `serve` runs it (web.run_app): a client that leaves does not
+    cancel the handler, as aiohttp's test server would (it forces handler_cancellation and
+    ignores a server_kwargs that says otherwise), so the gateway's own watch is tested."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return web.AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
+
+
 @pytest.fixture
 async def gateway(aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings]
                   ) -> Callable[..., Any]:
@@ -96,7 +105,7 @@ async def gateway(aiohttp_client: Callable[..., Any], make_settings: Callable[..
 
     async def start(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
         app: web.Application = create_app(settings or make_settings(**overrides))
-        client: TestClient[Any, Any] = await aiohttp_client(app)
+        client: TestClient[Any, Any] = await aiohttp_client(ServedLikeServe(app))
         return client
 
     return start
@@ -108,7 +117,7 @@ async def serve_app(aiohttp_client: Callable[..., Any]
     """Start an app already built (create_app plus test-only routes) on a real socket."""
 
     async def start(app: web.Application) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = await aiohttp_client(app)
+        client: TestClient[Any, Any] = await aiohttp_client(ServedLikeServe(app))
         return client
 
     return start

@@ -65,7 +65,9 @@ SCHEMAS: dict[str, Any] = {
         "meta": {"type": "object", "properties": {
             "trace_id": {"type": "string"}, "turn_id": {"type": "string"},
             "usage": {"type": "object", "properties": {
-                "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}}}}}}},
+                "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}}},
+            "finish_reason": {"type": "string",
+                              "enum": ["stop", "length", "tool_calls"]}}}}},
     "PublishRequest": {"type": "object", "required": ["channel", "data"], "properties": {
         "channel": {"type": "string"}, "event": {"type": "string"}, "data": {}}},
     "Ticket": {"type": "object", "properties": {

@@ -75,6 +75,18 @@ async def test_openai_sync_completion(start_agent: Callable[..., Any],
     assert body["tool_calls"] == [{"id": "call_1", "name": "lookup_memory",
                                    "arguments": {"query": "hi", "limit": 3}}]
     assert body["meta"]["usage"] == {"input_tokens": 1, "output_tokens": 2}
+    assert body["meta"]["finish_reason"] == "tool_calls"
+
+
+async def test_openai_sync_finish_reason_is_kept(start_agent: Callable[..., Any],
+                                                 chat_gateway: Callable[..., Any]) -> None:
+    """A completion cut at max_tokens says so (meta.finish_reason, and the turn metric)."""
+    agent = await start_agent(tokens=5, finish_reason="length")
+    client = await chat_gateway(agent, chat=OPENAI)
+    resp = await client.post("/v1/chat", json={"message": "hi"}, headers=bearer())
+    assert (await resp.json())["meta"]["finish_reason"] == "length"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'luki_chat_turns_total{outcome="length",transport="sync"} 1.0' in metrics
 
 
 async def _fake_openai(upstream: Callable[..., Any], gateway: Callable[..., Any],

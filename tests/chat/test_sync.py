@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
 
 from tests.chat.test_end_of_stream import _closed_port
 from tests.conftest import bearer
@@ -61,3 +67,39 @@ async def test_sync_chat_validates(start_agent: Callable[..., Any],
     resp = await client.post("/v1/chat", json={"message": ["a"]}, headers=bearer())
     assert resp.status == 422
     assert "message" in (await resp.json())["error"]["details"]["fields"]
+
+
+async def test_sync_client_that_leaves_cancels_the_agent_request(
+        upstream: Callable[..., Any], gateway: Callable[..., Any]) -> None:
+    """A sync caller that gives up: the agent's request is cancelled within a second, not
+    left to run (and be paid for) to its end; the turn counts as client_gone."""
+    left_at: list[float] = []
+    left = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(5)  # aiohttp's test server cancels this when the caller leaves
+        except asyncio.CancelledError:
+            left_at.append(time.monotonic())
+            left.set()
+            raise
+        return web.json_response({"text": "too late"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat", slow)
+    client = await gateway(upstreams={"agent": await upstream(app)})
+    with pytest.raises(TimeoutError):
+        await client.post("/v1/chat", json={"message": "hi"}, headers=bearer(),
+                          timeout=aiohttp.ClientTimeout(total=0.3))
+    gave_up = time.monotonic()
+    async with asyncio.timeout(3):
+        await left.wait()
+    assert left_at[0] - gave_up < 1.0
+    gone = 'luki_chat_turns_total{outcome="client_gone",transport="sync"} 1.0'
+    for _ in range(50):  # the handler ends just after the agent saw the cancel
+        metrics = await (await client.get("/metrics")).text()
+        if gone in metrics:
+            break
+        await asyncio.sleep(0.02)
+    assert gone in metrics
+    assert "luki_chat_active_turns 0.0" in metrics

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from marshmallow import Schema
@@ -27,7 +29,7 @@ from ..chat.relay import (
     stop_relays,
 )
 from ..chat.schema import chat_schema, plain_chat_body
-from ..chat.sse import SseSink, open_sse, sse_streams_ctx
+from ..chat.sse import WATCH_INTERVAL_S, SseSink, open_sse, sse_streams_ctx
 from ..chat.turn_access import CHAT_ACCESS, check_owner, resolve_user
 from ..chat.ws import setup_ws
 from ..errors import GatewayError, ValidationFailed
@@ -38,6 +40,7 @@ from ..upstream.agent import AgentRequest
 from ..validation import load, parse_json, read_body
 from .access import RouteAccess, declare
 
+T = TypeVar("T")
 CHAT_SCHEMA = web.AppKey("chat_schema", Schema)
 # EventSource puts the message in the URL; keep such URLs well under common limits.
 GET_MESSAGE_MAX_CHARS = 2000
@@ -80,14 +83,17 @@ async def chat(request: web.Request) -> web.Response:
     try:
         headers = identity_headers(TurnRequest(principal, trace, "sync", agent, received),
                                    turn_id)
-        reply = await client.complete(agent, headers)
+        reply = await _while_client_waits(request, client.complete(agent, headers))
         usage = reply["usage"] or {"input_tokens": len(agent.message.split()),
                                    "output_tokens": len(reply["text"].split())}
         output_tokens = usage["output_tokens"]
-        outcome = "tool_calls" if reply["tool_calls"] else "stop"
+        outcome = reply["finish_reason"]
         counted = usage
     except GatewayError as err:
         outcome = err.code
+        raise
+    except ConnectionResetError:
+        outcome = "client_gone"  # the agent's request was cancelled; aiohttp drops the rest
         raise
     finally:
         metrics.active.dec()
@@ -95,8 +101,28 @@ async def chat(request: web.Request) -> web.Response:
         await allowance.settle(output_tokens)
     return web.json_response({
         "text": reply["text"], "tool_calls": reply["tool_calls"],
-        "meta": {"trace_id": trace.trace_id, "turn_id": turn_id, "usage": usage},
+        "meta": {"trace_id": trace.trace_id, "turn_id": turn_id, "usage": usage,
+                 "finish_reason": reply["finish_reason"]},
     })
+
+
+async def _while_client_waits(request: web.Request, call: Awaitable[T]) -> T:
+    """``call``'s result; cancelled (and with it the agent's request) when the client hangs
+    up first, looked at every WATCH_INTERVAL_S: then ConnectionResetError."""
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=WATCH_INTERVAL_S)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client left before the answer")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def chat_stream(request: web.Request) -> web.StreamResponse:

@@ -28,6 +28,7 @@ from .metrics import UpstreamMetrics
 from .sse import SseEvent, SseParser, SseProtocolError
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "cancelled", "client_gone"})
+SYNC_FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
 # After the terminal event, how long and how much the rest of the body may take to arrive
 # so that the connection is reused (the agent normally ends its body right after).
 RELEASE_WAIT_S = 1.0
@@ -78,6 +79,14 @@ def _usage(raw: Any) -> dict[str, int] | None:
 def _done(finish_reason: Any, usage: Any) -> AgentEvent:
     reason = finish_reason if finish_reason in FINISH_REASONS else "stop"
     return AgentEvent("done", b"", {"finish_reason": reason, "usage": _usage(usage)})
+
+
+def _finish_reason(given: Any, tool_calls: list[Any]) -> str:
+    """A sync answer's finish reason: the agent's when it is one a whole answer can have,
+    else implied by the answer."""
+    if given in SYNC_FINISH_REASONS:
+        return str(given)
+    return "tool_calls" if tool_calls else "stop"
 
 
 def _agent_error(error: Any) -> AgentEvent:
@@ -166,7 +175,8 @@ class NativeDialect:
         tool_calls = body.get("tool_calls") or []
         if not isinstance(tool_calls, list):
             raise DownstreamError("agent answered with malformed tool calls")
-        return {"text": body["text"], "tool_calls": tool_calls, "usage": _usage(body.get("usage"))}
+        return {"text": body["text"], "tool_calls": tool_calls, "usage": _usage(body.get("usage")),
+                "finish_reason": _finish_reason(body.get("finish_reason"), tool_calls)}
 
 
 @dataclass(slots=True)
@@ -294,7 +304,8 @@ class OpenAIDialect:
     def reply(self, body: Any) -> dict[str, Any]:
         """A non-streamed completion as ``{text, tool_calls, usage}``."""
         try:
-            message = body["choices"][0]["message"]
+            choice = body["choices"][0]
+            message = choice["message"]
             text = message.get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             raise DownstreamError("agent answered without a choice") from None
@@ -310,7 +321,8 @@ class OpenAIDialect:
             parts.name = str(function.get("name", ""))
             parts.arguments.append(str(function.get("arguments", "")))
             calls.append(parts.payload())
-        return {"text": text, "tool_calls": calls, "usage": _usage(body.get("usage"))}
+        return {"text": text, "tool_calls": calls, "usage": _usage(body.get("usage")),
+                "finish_reason": _finish_reason(choice.get("finish_reason"), calls)}
 
 
 Dialect = NativeDialect | OpenAIDialect
