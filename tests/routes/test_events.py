@@ -131,13 +131,22 @@ async def test_sse_gap_and_reset_notices(gateway: Callable[..., Any]) -> None:
     reader = SseReader(resp)
     gap = await reader.next()
     assert gap.event == "gap" and gap.json() == {"channel": "broadcast:g", "last_id": ids[0]}
+    # Every event has an id (a gap keeps the client where it was) and the first the hint.
+    assert gap.id == ids[0] and reader.retry is not None
     assert [e.json()["data"]["n"] for e in await reader.take(3)] == [5, 6, 7]
     resp.close()
-    resp = await client.get("/v1/events", params={"channel": "broadcast:never"},
-                            headers={"Last-Event-ID": "12-0"})
-    reset = await SseReader(resp).next()
-    assert reset.event == "reset"
-    resp.close()
+    for params in ({"channel": "broadcast:never"},
+                   [("channel", "broadcast:never"), ("channel", "broadcast:g")]):
+        resp = await client.get("/v1/events", params=params, headers={
+            "Last-Event-ID": "12-0" if isinstance(params, dict) else
+            f"broadcast:never=12-0,broadcast:g={ids[7]}"})
+        reader = SseReader(resp)
+        reset = await reader.next()
+        assert reset.event == "reset" and reader.retry is not None
+        # The lost position is cleared: an EventSource reconnecting with this id does not
+        # ask for it again (and get the same reset); other channels keep theirs.
+        assert reset.id == ("" if isinstance(params, dict) else f"broadcast:g={ids[7]}")
+        resp.close()
 
 
 async def test_sse_refusals_before_streaming(gateway: Callable[..., Any]) -> None:

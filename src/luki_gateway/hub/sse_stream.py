@@ -88,10 +88,22 @@ class SseStream(Subscriber):
         return self._frame(b"%bid: %b\n%b" % (retry, composite.encode(), event.sse_body))
 
     def notice_frame(self, message: dict[str, Any]) -> bytes:
-        """``gap`` / ``reset`` as named SSE events."""
+        """``gap`` / ``reset`` as named SSE events, with the retry hint if first and the
+        stream's position as ``id:``. A reset clears its channel's part of the position
+        (an empty ``id:`` for one channel), so a reconnect does not ask for the lost id
+        again and get the same reset."""
+        channels = self.channels
+        channel = message.get("channel")
+        if message["type"] == "reset" and channel in channels:
+            channels[channel] = ""
+        if self.single:
+            position = channels.get(channel, "") if isinstance(channel, str) else ""
+        else:
+            position = ",".join(f"{c}={i}" for c, i in channels.items() if i)
+        retry, self._retry = self._retry, b""
         body = {k: v for k, v in message.items() if k != "type"}
-        return self._frame(sse_block(json.dumps(body, separators=(",", ":")),
-                                     event=str(message["type"])))
+        return self._frame(retry + sse_block(json.dumps(body, separators=(",", ":")),
+                                             event=str(message["type"]), event_id=position))
 
     def final_bytes(self, error: GatewayError | None, code: int) -> bytes:
         """An ``error`` event, or a ``reconnect`` hint on restart; then the end of the body."""

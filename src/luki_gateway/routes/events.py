@@ -178,12 +178,16 @@ async def _open(request: web.Request, response: web.StreamResponse) -> SseStream
                            chunked=request.version >= HttpVersion11, single=len(channels) == 1,
                            lease=lease, previous_send_timeout=previous_timeout)
         hub.register(stream)
+        # Every channel's position first: an event or notice of one channel carries the
+        # stream's whole position as its id.
+        for channel in channels:
+            if channel in resume:
+                stream.channels[channel] = resume[channel]
         for channel in channels:
             last_id = resume.get(channel)
             if last_id is None:
                 hub.subscribe(stream, channel)
             else:
-                stream.channels[channel] = last_id
                 await hub.subscribe_from(stream, channel, last_id)
     except BaseException:
         if stream is not None:
