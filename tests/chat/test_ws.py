@@ -360,6 +360,9 @@ async def test_ws_chat_turns_count_against_the_rate_limit(start_agent: Callable[
     agent = await start_agent(tokens=1)
     client = await chat_gateway(agent, ratelimit={"enabled": True, "per_min": 4})
     ws = await _connect(client)  # the handshake is one request of the four
+    # A turn refused before it starts (acting for another user without the scope) is free.
+    await ws.send_json({"type": "chat", "id": "other", "message": "hi", "user_id": "bob"})
+    assert (await ws.receive_json(timeout=5))["error"]["code"] == "INSUFFICIENT_SCOPE"
     for i in range(3):
         await ws.send_json({"type": "chat", "id": f"c{i}", "message": "hi"})
         assert (await _until_end(ws, f"c{i}"))[-1]["type"] == "done"

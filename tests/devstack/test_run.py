@@ -56,6 +56,35 @@ def test_bind_falls_back_to_a_free_port(make_settings: Callable[..., Settings],
             reference.sock.close()
 
 
+def _port_in_time_wait() -> int:
+    """A port whose last server (a previous `dev`, which binds with SO_REUSEADDR as any
+    server does) closed a connection first: it lingers in TIME_WAIT."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port: int = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the port waits
+    client.close()
+    server.close()
+    return port
+
+
+def test_a_quick_restart_keeps_the_reference_port(make_settings: Callable[..., Settings]
+                                                   ) -> None:
+    """`dev` stopped and started again at once: a port only in TIME_WAIT is not taken."""
+    port = _port_in_time_wait()
+    settings = make_settings(upstreams={"agent": f"http://127.0.0.1:{port}"})
+    moved, references = bind_references(settings)
+    try:
+        assert moved.upstreams["agent"] == f"http://127.0.0.1:{port}"
+    finally:
+        for reference in references:
+            reference.sock.close()
+
+
 async def test_reference_stack_serves_every_upstream(
         make_settings: Callable[..., Settings]) -> None:
     """The background stack answers /health for every reference upstream, then stops."""

@@ -76,6 +76,10 @@ async def test_malformed_input_answers_errors_and_keeps_socket(gateway: Callable
         assert message["error"]["trace_id"]
     await ws.send_bytes(b"\x00\x01")
     assert (await ws.receive_json(timeout=5))["error"]["code"] == "VALIDATION_ERROR"
+    # A refusal names the message it answers, whatever was wrong with it.
+    for text in ['{"type":"frobnicate","id":"u1"}', '{"type":"subscribe","id":"u1"}']:
+        await ws.send_str(text)
+        assert (await ws.receive_json(timeout=5))["id"] == "u1", text
     await ws.send_json({"type": "ping"})
     assert await ws.receive_json(timeout=5) == {"type": "pong"}
     assert not ws.closed

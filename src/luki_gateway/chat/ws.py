@@ -132,8 +132,6 @@ async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, A
         if client_id in state.by_id:
             raise ValidationFailed("a turn with this id is still running",
                                    details={"id": client_id})
-        # A turn costs what a POST /v1/chat/stream costs: per-minute/hour limits apply.
-        await charge_message(app, conn.principal, conn.client_ip, CHAT_ACCESS)
         limit = app[SETTINGS].chat.max_turns_per_socket
         if len(state.by_id) >= limit:
             raise RateLimitExceeded("too many turns running on this socket",
@@ -141,6 +139,9 @@ async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, A
         principal = conn.principal
         agent = AgentRequest(resolve_user(principal, body["user_id"]), body["message"],
                              body["context"])
+        # A turn costs what a POST /v1/chat/stream costs: per-minute/hour limits apply
+        # (to turns this socket may start; a message refused above costs nothing).
+        await charge_message(app, conn.principal, conn.client_ip, CHAT_ACCESS)
         agent_client(app)
         allowance = await TurnAllowance.acquire(app, principal)
     except GatewayError as err:

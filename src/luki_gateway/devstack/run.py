@@ -56,6 +56,10 @@ class Reference:
 def _bind(host: str, port: int) -> socket.socket | None:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
+        # As any server does (asyncio's included): a port left in TIME_WAIT by the last
+        # run is free; only one really in use sends the reference to another port.
+        if port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
     except OSError:

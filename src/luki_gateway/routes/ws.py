@@ -60,10 +60,10 @@ class _Session:
         message.update(extra)
         self.conn.send_json(message)
 
-    def refuse_malformed(self, err: GatewayError) -> bool:
+    def refuse_malformed(self, err: GatewayError, **echo: Any) -> bool:
         """Answer a bad message; True when the budget is spent and the socket must close."""
         self.conn.malformed += 1
-        self.error(err)
+        self.error(err, **echo)
         return self.conn.malformed > self.request.app[SETTINGS].hub.ws_max_malformed
 
     async def handle_text(self, text: str) -> bool:
@@ -94,7 +94,7 @@ class _Session:
                 handler = self.request.app[WS_MESSAGE_HANDLERS].get(kind)
                 if handler is None:
                     return self.refuse_malformed(ValidationFailed(
-                        "unknown message type", details={"type": kind[:64]}))
+                        "unknown message type", details={"type": kind[:64]}), **echo)
                 await handler(self.conn, data)
         except GatewayError as err:
             self.error(err, **echo)
