@@ -195,6 +195,52 @@ async def test_ws_resume_on_another_app(redis_url: str, start_agent: Callable[..
     await ws.close()
 
 
+async def test_ws_resume_by_client_id_before_the_first_event(
+        backend: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]
+        ) -> None:
+    """The socket drops before the turn's first event (so the client never learnt its
+    turn id): ``resume {id}`` finds it by the id the client started it with."""
+    agent = await start_agent(tokens=3, first_token_delay_s=0.5)
+    client = await chat_gateway(agent)
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "early", "message": "hi"})
+    await asyncio.sleep(0.1)
+    await ws.close()
+    ws = await _connect(client)
+    await ws.send_json({"type": "resume", "id": "early"})
+    msgs = await _until_end(ws, "early")
+    assert [m["type"] for m in msgs] == ["token"] * 3 + ["done"]
+    assert [m["seq"] for m in msgs] == [1, 2, 3, 4]
+    assert len({m["turn_id"] for m in msgs}) == 1
+    assert len(agent.log.streams) == 1
+    # Unknown here, or another principal's: nothing to resume.
+    await ws.send_json({"type": "resume", "id": "never"})
+    refused = await ws.receive_json(timeout=5)
+    assert (refused["id"], refused["error"]["code"]) == ("never", "NOT_FOUND")
+    other = await _connect(client, "bob")
+    await other.send_json({"type": "resume", "id": "early"})
+    assert (await other.receive_json(timeout=5))["error"]["code"] == "NOT_FOUND"
+    await other.send_json({"type": "resume", "last_seq": 2})
+    assert (await other.receive_json(timeout=5))["error"]["code"] == "VALIDATION_ERROR"
+    await ws.close()
+    await other.close()
+
+
+async def test_ws_resume_by_client_id_on_another_app(redis_url: str,
+                                                     start_agent: Callable[..., Any],
+                                                     chat_gateway: Callable[..., Any]
+                                                     ) -> None:
+    """``resume {id}`` finds a turn started on another process (through Redis)."""
+    agent = await start_agent(tokens=3, first_token_delay_s=0.5)
+    second_gw, _ = await _dropped_elsewhere(chat_gateway, agent, redis_url, "hi", 0)
+    ws = await _connect(second_gw)
+    await ws.send_json({"type": "resume", "id": "c"})
+    msgs = await _until_end(ws, "c")
+    assert [(m["type"], m["seq"]) for m in msgs] == [("token", 1), ("token", 2),
+                                                     ("token", 3), ("done", 4)]
+    await ws.close()
+
+
 async def test_ws_resume_refused_for_other_principal(start_agent: Callable[..., Any],
                                                      chat_gateway: Callable[..., Any]) -> None:
     """Another principal cannot follow someone's turn over WS (FORBIDDEN)."""

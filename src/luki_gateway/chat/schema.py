@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from ..settings import ChatSettings
 
@@ -70,14 +70,23 @@ class CancelSchema(Schema):
 
 
 class ResumeSchema(Schema):
-    """WS ``resume {turn_id, last_seq, id?}``."""
+    """WS ``resume {turn_id, last_seq, id?}``, or ``resume {id}``: the latest turn this
+    principal started under that client id (its turn id not yet known to the client)."""
 
     type = fields.String()
     id = fields.String(load_default=None, validate=ID_LENGTH)
-    turn_id = fields.String(required=True, validate=ID_LENGTH)
+    turn_id = fields.String(load_default=None, validate=ID_LENGTH)
     last_seq = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0))
 
+    @validates_schema
+    def _names_a_turn(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("turn_id") is None and data.get("id") is None:
+            raise ValidationError("name the turn: turn_id, or the id it was started with",
+                                  "turn_id")
+
     @validates("turn_id")
-    def _turn_id_shape(self, value: str, **_: Any) -> None:
+    def _turn_id_shape(self, value: str | None, **_: Any) -> None:
+        if value is None:
+            return  # resume by the client's id
         if not value.isascii() or not value.replace("_", "").isalnum():
             raise ValidationError("not a turn id")

@@ -152,6 +152,7 @@ async def handle_chat(app: web.Application, conn: WsConnection, msg: dict[str, A
         return
     relayed = start_turn(app, TurnRequest(principal, trace, "ws", agent, received), allowance)
     turn = relayed.turn
+    app[TURNS].name_for_client(principal.id, client_id, turn.turn_id)
     listener = ws_listener(conn, client_id, turn.turn_id, _ended(state, client_id))
     state.by_id[client_id] = _Listening(turn, listener)
     turn.attach(listener)
@@ -204,19 +205,27 @@ def _end_followed(conn: WsConnection, state: SocketTurns, client_id: str,
 
 async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str, Any]
                         ) -> None:
-    """``resume {turn_id, last_seq, id?}``: missed events, then the live rest of the turn."""
+    """``resume {turn_id, last_seq, id?}``: missed events, then the live rest of the turn.
+
+    Without ``turn_id``, the latest turn this principal started with ``chat {id}``: a
+    client whose connection dropped before the turn's first event never learnt its id.
+    """
     trace = TraceContext.new()
     try:
         body = load(ResumeSchema(), msg)
-        turn_id: str = body["turn_id"]
-        client_id: str = body["id"] or turn_id
         after: int = body["last_seq"]
         require_chat_scope(conn.principal)
         state = _socket(app, conn)
+        registry = app[TURNS]
+        turn_id: str | None = body["turn_id"]
+        if turn_id is None:
+            turn_id = await registry.turn_of_client(conn.principal.id, body["id"])
+            if turn_id is None:
+                raise NotFound("no turn was started with this id", details={"id": body["id"]})
+        client_id: str = body["id"] or turn_id
         if client_id in state.by_id:
             raise ValidationFailed("a turn with this id is still running",
                                    details={"id": client_id})
-        registry = app[TURNS]
         turn = registry.local(turn_id)
         if turn is not None:
             check_owner(turn, conn.principal)

@@ -14,7 +14,9 @@ can cancel it through ``<prefix>turn:<turn_id>:cancel``.
 Redis keys: ``turn:<id>`` (stream: fields ``s`` seq, ``e`` event, ``d`` JSON data; capped
 with MAXLEN ~; TTL ``chat.resume_ttl_s``), ``turn:<id>:meta`` (hash: owner; same TTL),
 ``turn:<id>:watch`` (a remote listener is attached; TTL a few seconds), ``turn:<id>:cancel``
-(a client on another process cancelled the turn; the owner stops it).
+(a client on another process cancelled the turn; the owner stops it),
+``turn:client:<owner>:<client id>`` (the latest WS turn a client started under that id, for a
+resume before the client learnt the turn id; TTL ``chat.resume_ttl_s``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ WATCH_REFRESH_S = 1.0
 WATCH_TTL_MS = 3000
 # Finished turns kept in this process for local resumes (Redis keeps them for all).
 MAX_FINISHED_LOCAL = 1000
+# WebSocket turns findable by the client's own id (for a resume before the first event).
+MAX_CLIENT_IDS_LOCAL = 10_000
 # Flush at most this often, so a burst of tokens becomes one pipeline.
 FLUSH_DELAY_S = 0.02
 # After a failed write the batch is kept and sent again this long after (Redis is back, or
@@ -265,6 +269,9 @@ class TurnRegistry:
         self._finished: OrderedDict[str, tuple[float, Turn]] = OrderedDict()
         self._pending: list[tuple[str, TurnEvent]] = []
         self._new_meta: list[tuple[str, str]] = []
+        # (owner, client id) -> (when, turn id): the latest WS turn a client called so.
+        self._by_client: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._new_client_ids: list[tuple[str, str, str]] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._cancel_watch: asyncio.Task[None] | None = None
@@ -299,6 +306,45 @@ class TurnRegistry:
             if len(finished) <= MAX_FINISHED_LOCAL and now - ended_at < self.ttl_s:
                 break
             del finished[oldest_id]
+
+    def name_for_client(self, owner: str, client_id: str, turn_id: str) -> None:
+        """Remember that ``owner``'s client calls turn ``turn_id`` ``client_id`` (its WS
+        ``chat`` id), so it can resume the turn by that id before it learnt the turn id."""
+        if not self.resume:
+            return
+        key = (owner, client_id)
+        by_client = self._by_client
+        by_client.pop(key, None)
+        by_client[key] = (time.monotonic(), turn_id)
+        while len(by_client) > MAX_CLIENT_IDS_LOCAL:
+            by_client.popitem(last=False)
+        if self.redis is not None:
+            self._new_client_ids.append((owner, client_id, turn_id))
+            self._wake.set()
+
+    def client_key(self, owner: str, client_id: str) -> str:
+        """The Redis key naming the latest turn ``owner``'s client called ``client_id``."""
+        return f"{self.prefix}turn:client:{owner}:{client_id}"
+
+    async def turn_of_client(self, owner: str, client_id: str) -> str | None:
+        """The latest turn ``owner`` started under the WS id ``client_id`` (this process,
+        else Redis), within the resume TTL; None when there is none."""
+        kept = self._by_client.get((owner, client_id))
+        if kept is not None and time.monotonic() - kept[0] < self.ttl_s:
+            return kept[1]
+        if self.redis is None:
+            return None
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(FLUSH_DELAY_S * 5)  # started a moment ago elsewhere
+            try:
+                found: Any = await self.redis.get(self.client_key(owner, client_id))
+            except (RedisError, OSError):
+                _reraise_cancel()
+                raise DownstreamUnavailable("turn store unavailable") from None
+            if found is not None:
+                return str(found.decode())
+        return None
 
     def local(self, turn_id: str) -> Turn | None:
         """The live or recently finished turn with this id in this process."""
@@ -389,15 +435,18 @@ class TurnRegistry:
         """Write queued metadata and events to Redis in one pipeline; False when that
         failed (they stay queued, ahead of newer ones, for the next flush)."""
         redis = self.redis
-        if redis is None or not (self._pending or self._new_meta):
+        if redis is None or not (self._pending or self._new_meta or self._new_client_ids):
             return True
         pending, self._pending = self._pending, []
         metas, self._new_meta = self._new_meta, []
+        names, self._new_client_ids = self._new_client_ids, []
         pipe = redis.pipeline(transaction=False)
         for turn_id, owner in metas:
             key = f"{self.stream_key(turn_id)}:meta"
             pipe.hset(key, mapping={"owner": owner})
             pipe.expire(key, self.ttl_s)
+        for owner, client_id, turn_id in names:
+            pipe.set(self.client_key(owner, client_id), turn_id, ex=self.ttl_s)
         if pending:
             # One script call for the whole batch: per-command client overhead would
             # otherwise cost more than relaying the token itself.
@@ -422,6 +471,7 @@ class TurnRegistry:
             # A batch that reached Redis before the error may be stored twice: followers
             # skip a seq they have had.
             self._keep(pending, metas)
+            self._new_client_ids = names + self._new_client_ids
             self._errors.failure(exc)  # one line per interval while Redis stays away
             return False
         return True

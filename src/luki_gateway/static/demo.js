@@ -17,8 +17,11 @@
   let retry = 0;
   let counter = 0;
   let resuming = false;
+  let refused = false;         // the gateway's error already said why the key was refused
+  // Turn ids unique to this tab: a reconnect may resume a turn by the id it started with.
+  const tab = Math.random().toString(36).slice(2, 8);
   const turns = new Map();     // client id -> {el, turnId, lastSeq, done}
-  const channels = new Set();
+  const channels = new Map();  // channel -> id of the last event shown ("" before any)
 
   function setState(state) {
     ui.state.textContent = state;
@@ -71,17 +74,20 @@
   }
 
   function open(key) {
+    refused = false;
     setState(retry ? "reconnecting" : "connecting");
-    ws = new WebSocket(wsUrl());
-    ws.onopen = () => send({ type: "auth", token: key });
-    ws.onmessage = (ev) => handle(JSON.parse(ev.data));
-    ws.onclose = (ev) => {
+    const sock = new WebSocket(wsUrl());
+    ws = sock;
+    sock.onopen = () => send({ type: "auth", token: key });
+    sock.onmessage = (ev) => { if (ws === sock) handle(JSON.parse(ev.data)); };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;   // replaced (a new key): that socket's state is not ours
       ws = null;
       if (!wanted) { setState("disconnected"); return; }
       if (ev.code === 4401) {
         wanted = false;
         setState("disconnected");
-        bubble("error", "The gateway refused the key (" + (ev.reason || "unauthenticated") + ").");
+        if (!refused) bubble("error", "The gateway refused the key (" + (ev.reason || "unauthenticated") + ").");
         return;
       }
       retry += 1;
@@ -105,6 +111,8 @@
       case "error": return msg.id && turns.has(msg.id) ? onEnd(msg, msg.error) : showError(msg);
       case "subscribed": return onSubscribed(msg);
       case "event": return onEvent(msg);
+      case "gap": return notice(msg.channel, "some events were missed (gap)");
+      case "reset": return notice(msg.channel, "history is gone: events before now are missing (reset)");
       default: return undefined;
     }
   }
@@ -115,14 +123,19 @@
     const reconnecting = retry > 0;
     retry = 0;
     resuming = false;
-    // Pick up where each unfinished turn left off, and re-join every channel.
+    // Pick up where each unfinished turn left off (one dropped before its first token is
+    // found by the id it was started with), and re-join every channel after its last event.
     for (const [id, turn] of turns) {
-      if (!turn.done && turn.turnId) {
-        send({ type: "resume", id: id, turn_id: turn.turnId, last_seq: turn.lastSeq });
+      if (!turn.done) {
+        send(turn.turnId
+          ? { type: "resume", id: id, turn_id: turn.turnId, last_seq: turn.lastSeq }
+          : { type: "resume", id: id });
         resuming = true;
       }
     }
-    for (const ch of channels) send({ type: "subscribe", channel: ch });
+    for (const [ch, lastId] of channels) {
+      send(lastId ? { type: "subscribe", channel: ch, last_id: lastId } : { type: "subscribe", channel: ch });
+    }
     setState(reconnecting && resuming ? "resumed" : "connected");
   }
 
@@ -159,7 +172,10 @@
     turn.el.classList.remove("streaming");
     const end = document.createElement("span");
     end.className = "end";
-    if (error) {
+    if (error && error.code === "NOT_FOUND" && !turn.turnId) {
+      end.textContent = "lost with the connection before it started: send it again";
+      turn.el.classList.add("error");
+    } else if (error) {
       end.textContent = "error: " + error.code + " — " + error.message;
       turn.el.classList.add("error");
     } else {
@@ -176,11 +192,13 @@
 
   function showError(msg) {
     const e = msg.error || {};
+    if (e.code === "UNAUTHENTICATED") refused = true;
+    if (e.details && e.details.channel) return notice(e.details.channel, (e.code || "ERROR") + ": " + (e.message || ""));
     bubble("error", (e.code || "ERROR") + ": " + (e.message || ""));
   }
 
   function ask(text) {
-    const id = "c" + (++counter);
+    const id = "c-" + tab + "-" + (++counter);
     bubble("user", text);
     const el = bubble("agent streaming", "");
     const textNode = document.createElement("span");
@@ -196,7 +214,7 @@
 
   function onSubscribed(msg) {
     if (channels.has(msg.channel) && ui.subs.querySelector('[data-ch="' + CSS.escape(msg.channel) + '"]')) return;
-    channels.add(msg.channel);
+    channels.set(msg.channel, channels.get(msg.channel) || "");
     const li = document.createElement("li");
     li.dataset.ch = msg.channel;
     li.textContent = msg.channel;
@@ -205,6 +223,7 @@
   }
 
   function onEvent(msg) {
+    if (channels.has(msg.channel)) channels.set(msg.channel, msg.id);
     clearEmpty(ui.events);
     const el = document.createElement("div");
     el.className = "event";
@@ -214,6 +233,14 @@
     const body = document.createElement("code");
     body.textContent = typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data);
     el.append(ch, body);
+    ui.events.prepend(el);
+  }
+
+  function notice(channel, text) {
+    clearEmpty(ui.events);
+    const el = document.createElement("div");
+    el.className = "event notice";
+    el.textContent = (channel ? channel + " · " : "") + text;
     ui.events.prepend(el);
   }
 
@@ -241,8 +268,19 @@
   });
 
   // A key in the URL fragment (never sent to the server) or the last one used.
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
-  if (fromHash) history.replaceState(null, "", location.pathname);
+  function keyFromHash() {
+    const key = new URLSearchParams(location.hash.slice(1)).get("key");
+    if (key) history.replaceState(null, "", location.pathname);
+    return key;
+  }
+  window.addEventListener("hashchange", () => {
+    const key = keyFromHash();
+    if (!key) return;
+    ui.key.value = key;
+    if (ws) { wanted = false; ws.close(1000, "new key"); }
+    connect();
+  });
+  const fromHash = keyFromHash();
   ui.key.value = fromHash || localStorage.getItem("luki-demo-key") || "";
   ui.curl.textContent = curlFor(ui.channel.value);
   setState("disconnected");
