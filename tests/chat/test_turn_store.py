@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from luki_gateway.hub import turns as turns_module
 from luki_gateway.hub.turns import TurnRegistry
 from luki_gateway.redis_client import make_redis
 from luki_gateway.settings import ChatSettings, Settings
@@ -116,3 +118,46 @@ async def test_an_owner_record_lost_by_redis_is_written_again(
     assert await registry.flush()
     await registry.check_remote("t_lost", "alice")
     assert await _seqs(registry, "t_lost") == [1, 2]
+
+
+async def test_a_follower_learns_at_once_that_the_owner_process_died(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet turn whose process still says it is alive is followed on; once that process
+    stops saying so (killed), the follower ends the turn within seconds, not after the
+    idle timeout plus the grace period (75 s by default)."""
+    monkeypatch.setattr(turns_module, "WATCH_REFRESH_S", 0.2)
+    monkeypatch.setattr(turns_module, "ALIVE_TTL_MS", 600)
+    monkeypatch.setattr(turns_module, "LIVENESS_QUIET_S", 1.0)
+    redis = make_redis(Settings(redis_url=redis_url))
+    owner = TurnRegistry(ChatSettings(), redis, "lgw:")
+    follower = TurnRegistry(ChatSettings(), redis, "lgw:")
+    owner.start()
+    try:
+        quiet = owner.create("t_quiet", "alice")
+        quiet.publish("token", b'{"text": "a"}', "a")
+        dying = owner.create("t_dying", "alice")
+        dying.publish("token", b'{"text": "a"}', "a")
+        await owner.flush()
+        got: dict[str, list[Any]] = {"t_quiet": [], "t_dying": []}
+        tasks = [asyncio.create_task(follower.follow(t, "alice", 1, got[t].append, "trace"))
+                 for t in got]
+        await asyncio.sleep(2.0)  # quiet for twice LIVENESS_QUIET_S: the owner is alive
+        assert got == {"t_quiet": [], "t_dying": []}
+        quiet.publish("done", b'{"finish_reason": "stop"}', {"finish_reason": "stop"})
+        await owner.flush()
+        async with asyncio.timeout(3):
+            await tasks[0]
+        assert [(e.seq, e.event) for e in got["t_quiet"]] == [(2, "done")]
+        watch = owner._cancel_watch
+        assert watch is not None
+        watch.cancel()  # the owner stops saying it is alive, as a killed process would
+        died_at = time.monotonic()
+        async with asyncio.timeout(5):
+            await tasks[1]
+        assert time.monotonic() - died_at < 4.0
+        assert [(e.seq, e.event) for e in got["t_dying"]] == [(2, "error")]
+        assert got["t_dying"][0].value["error"]["code"] == "DOWNSTREAM_TIMEOUT"
+    finally:
+        await owner.close()
+        await follower.close()
+        await redis.aclose()

@@ -16,7 +16,8 @@ with MAXLEN ~; TTL ``chat.resume_ttl_s``), ``turn:<id>:meta`` (hash: owner; same
 ``turn:<id>:watch`` (a remote listener is attached; TTL a few seconds), ``turn:<id>:cancel``
 (a client on another process cancelled the turn; the owner stops it),
 ``turn:client:<owner>:<client id>`` (the latest WS turn a client started under that id, for a
-resume before the client learnt the turn id; TTL ``chat.resume_ttl_s``).
+resume before the client learnt the turn id; TTL ``chat.resume_ttl_s``), ``proc:<process
+id>`` (the process named in ``:meta`` is alive; TTL a few seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +57,11 @@ WATCH_TTL_MS = 3000
 MAX_FINISHED_LOCAL = 1000
 # WebSocket turns findable by the client's own id (for a resume before the first event).
 MAX_CLIENT_IDS_LOCAL = 10_000
+# Each process says it is alive (key ``proc:<id>``) every WATCH_REFRESH_S, for this long. A
+# follower whose turn has been quiet for LIVENESS_QUIET_S and whose owner's key is gone
+# ends the turn at once, instead of after the idle timeout and the grace period.
+ALIVE_TTL_MS = 3000
+LIVENESS_QUIET_S = 5.0
 # Flush at most this often, so a burst of tokens becomes one pipeline.
 FLUSH_DELAY_S = 0.02
 # After a failed write the batch is kept and sent again this long after (Redis is back, or
@@ -265,6 +272,8 @@ class TurnRegistry:
         self.idle_timeout_s = settings.idle_timeout_s
         self.redis = redis if settings.resume else None
         self.prefix = prefix
+        # This process among those sharing the Redis (its turns' ``:meta`` name it).
+        self.process_id = secrets.token_hex(8)
         self.live: dict[str, Turn] = {}
         self._finished: OrderedDict[str, tuple[float, Turn]] = OrderedDict()
         self._pending: list[tuple[str, TurnEvent]] = []
@@ -369,12 +378,21 @@ class TurnRegistry:
             self._flusher = asyncio.create_task(self._flush_forever())
             self._cancel_watch = asyncio.create_task(self._watch_cancels())
 
+    def alive_key(self, process_id: str) -> str:
+        """The key a process keeps while it runs (its turns' followers look at it)."""
+        return f"{self.prefix}proc:{process_id}"
+
     async def _watch_cancels(self) -> None:
-        """Every WATCH_REFRESH_S, one MGET over this process's running turns: a turn that
-        a client on another process cancelled (``turn:<id>:cancel``) is stopped."""
+        """Every WATCH_REFRESH_S: say this process is alive, and one MGET over its running
+        turns: a turn a client on another process cancelled (``turn:<id>:cancel``) stops."""
         redis = self.redis
         assert redis is not None  # started in Redis mode only
+        alive = self.alive_key(self.process_id)
         while True:
+            try:
+                await redis.set(alive, b"1", px=ALIVE_TTL_MS)
+            except (RedisError, OSError):
+                _reraise_cancel()
             await asyncio.sleep(WATCH_REFRESH_S)
             turns = list(self.live.values())
             if not turns:
@@ -443,7 +461,7 @@ class TurnRegistry:
         pipe = redis.pipeline(transaction=False)
         for turn_id, owner in metas:
             key = f"{self.stream_key(turn_id)}:meta"
-            pipe.hset(key, mapping={"owner": owner})
+            pipe.hset(key, mapping={"owner": owner, "proc": self.process_id})
             pipe.expire(key, self.ttl_s)
         for owner, client_id, turn_id in names:
             pipe.set(self.client_key(owner, client_id), turn_id, ex=self.ttl_s)
@@ -510,8 +528,9 @@ class TurnRegistry:
             return False
         return True
 
-    async def check_remote(self, turn_id: str, owner: str) -> None:
-        """Raise unless ``owner`` may follow turn ``turn_id`` kept in Redis.
+    async def check_remote(self, turn_id: str, owner: str) -> str | None:
+        """Raise unless ``owner`` may follow turn ``turn_id`` kept in Redis; the id of the
+        process running it (None if not recorded).
 
         NotFound (no Redis, unknown or expired turn), Forbidden (another principal's),
         DownstreamUnavailable (Redis down).
@@ -519,21 +538,24 @@ class TurnRegistry:
         redis = self.redis
         if redis is None:
             raise NotFound("no such turn", details={"turn_id": turn_id})
-        stored_owner: Any = None
+        stored: Any = [None, None]
         for attempt in range(3):
             if attempt:
                 # A turn started a moment ago may not be flushed to Redis yet.
                 await asyncio.sleep(FLUSH_DELAY_S * 5)
             try:
-                stored_owner = await redis.hget(f"{self.stream_key(turn_id)}:meta", "owner")
+                stored = await redis.hmget(f"{self.stream_key(turn_id)}:meta",
+                                           ["owner", "proc"])
             except (RedisError, OSError):
                 raise DownstreamUnavailable("turn store unavailable") from None
-            if stored_owner is not None:
+            if stored[0] is not None:
                 break
+        stored_owner, process = stored
         if stored_owner is None:
             raise NotFound("no such turn", details={"turn_id": turn_id})
         if stored_owner.decode() != owner:
             raise Forbidden("only the principal who started a turn may resume it")
+        return process.decode() if process is not None else None
 
     async def remote_end(self, turn_id: str) -> int | None:
         """The ``seq`` of the terminal event of a turn kept in Redis, None while it runs
@@ -588,6 +610,17 @@ class TurnRegistry:
                                     json.dumps(value).encode(), value))
                 return
 
+    async def _alive(self, process_id: str) -> bool:
+        """True unless the process's alive key is gone (Redis failing: assume alive)."""
+        redis = self.redis
+        if redis is None:
+            return True
+        try:
+            return bool(await redis.exists(self.alive_key(process_id)))
+        except (RedisError, OSError):
+            _reraise_cancel()
+            return True
+
     async def _end_lost(self, turn_id: str, lost: TurnLost, data: bytes) -> bool:
         """Store ``lost``'s error as the end of a turn whose owner is gone; False when the
         stream moved on since the follower looked (the owner is alive)."""
@@ -609,7 +642,7 @@ class TurnRegistry:
         Raises NotFound (unknown or expired turn), Forbidden (another principal's turn),
         DownstreamUnavailable (Redis down); ends after the terminal event.
         """
-        await self.check_remote(turn_id, owner)
+        process = await self.check_remote(turn_id, owner)
         redis = self.redis
         if redis is None:  # check_remote refused already; this narrows the type
             return
@@ -657,9 +690,13 @@ class TurnRegistry:
                     return
             if batch:
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > self.idle_timeout_s + self.grace_s:
-                # The process running the turn is gone (it would have ended the turn by its
-                # own idle timeout): say so instead of waiting forever.
+                continue
+            quiet = time.monotonic() - quiet_since
+            if quiet > self.idle_timeout_s + self.grace_s or (
+                    quiet > LIVENESS_QUIET_S and process is not None
+                    and not await self._alive(process)):
+                # The process running the turn is gone (its key expired; or, unknown, it
+                # would have ended the turn by its own idle timeout): say so.
                 raise TurnLost(last_id, after_seq)
 
 
