@@ -352,6 +352,27 @@ async def test_a_turn_whose_process_died_ends_once_for_everyone(
         await redis.aclose()
 
 
+async def test_a_turn_whose_process_died_before_its_first_event_ends_once(
+        redis_url: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]
+        ) -> None:
+    """The owner died before any event reached Redis (only its record did): the follower's
+    error is stored all the same, so the reconnect after it gets 204."""
+    redis = aioredis.Redis.from_url(redis_url)
+    owner = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        owner.create("t_silent", "jwt:alice")
+        await owner.flush()
+        agent = await start_agent()
+        gw = await chat_gateway(agent, redis_url=redis_url,
+                                chat={"idle_timeout_s": 0.3, "resume_grace_s": 0.2})
+        async with asyncio.timeout(10):
+            events = await read_events(await _resume_on(gw, "t_silent", 0))
+        assert [(e.event, e.id) for e in events] == [("error", "t_silent:1")]
+        assert (await _resume_on(gw, "t_silent", 1)).status == 204
+    finally:
+        await redis.aclose()
+
+
 async def test_a_quiet_turn_that_moves_on_is_not_ended_by_its_follower(
         redis_url: str) -> None:
     """The follower only ends a turn nothing was added to since it looked."""

@@ -99,12 +99,16 @@ return #KEYS
 
 # KEYS: a turn stream; ARGV: the id of the last entry the caller saw ("0-0": none), the seq
 # and data of the error that ends the turn, the TTL. Appends the error only when nothing
-# was added since the caller looked (the owner is gone); returns 1 when it did, 0 when the
-# stream moved on (the owner is alive after all), -1 when the stream expired.
+# was added since the caller looked (the owner is gone; also when it died before its first
+# event reached Redis); returns 1 when it did, 0 when the stream moved on (the owner is
+# alive after all), -1 when the stream expired.
 LOST_LUA = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last == 0 then return -1 end
-if last[1][1] ~= ARGV[1] then return 0 end
+if #last == 0 then
+  if ARGV[1] ~= '0-0' then return -1 end
+elseif last[1][1] ~= ARGV[1] then
+  return 0
+end
 redis.call('XADD', KEYS[1], '*', 's', ARGV[2], 'e', 'error', 'd', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
