@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from luki_gateway.devstack.agent import reply_tokens
-from luki_gateway.hub.turns import TurnLost, TurnRegistry
+from luki_gateway.hub.turns import LOST_SEQ, TurnLost, TurnRegistry
 from luki_gateway.settings import ChatSettings
 from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
@@ -339,15 +339,15 @@ async def test_a_turn_whose_process_died_ends_once_for_everyone(
         async with asyncio.timeout(10):
             resp = await _resume_on(gw, "t_dead", client_has)
             events = await read_events(resp)
-        assert [e.event for e in events] == ["error"]
-        assert events[0].id == f"t_dead:{client_has + 1}"
+        # Its id is past any event the dead process may have sent without storing it.
+        assert [(e.event, e.id) for e in events] == [("error", f"t_dead:{LOST_SEQ}")]
         assert events[0].data["error"]["code"] == "DOWNSTREAM_TIMEOUT"
-        for seq in (client_has + 1, client_has + 2):
-            assert (await _resume_on(gw, "t_dead", seq)).status == 204
-        # A client further behind gets the kept events, then the same single end.
-        resp = await _resume_on(gw, "t_dead", 1)
-        assert [e.id for e in await read_events(resp)] == [
-            "t_dead:2", "t_dead:3", f"t_dead:{client_has + 1}"]
+        assert (await _resume_on(gw, "t_dead", LOST_SEQ)).status == 204
+        # A client further behind, or one that had more from the dead process than it
+        # stored, gets the kept events it misses, then the same single end.
+        for seq, ids in ((1, ["t_dead:2", "t_dead:3"]), (40, [])):
+            resp = await _resume_on(gw, "t_dead", seq)
+            assert [e.id for e in await read_events(resp)] == [*ids, f"t_dead:{LOST_SEQ}"]
     finally:
         await redis.aclose()
 
@@ -367,8 +367,8 @@ async def test_a_turn_whose_process_died_before_its_first_event_ends_once(
                                 chat={"idle_timeout_s": 0.3, "resume_grace_s": 0.2})
         async with asyncio.timeout(10):
             events = await read_events(await _resume_on(gw, "t_silent", 0))
-        assert [(e.event, e.id) for e in events] == [("error", "t_silent:1")]
-        assert (await _resume_on(gw, "t_silent", 1)).status == 204
+        assert [(e.event, e.id) for e in events] == [("error", f"t_silent:{LOST_SEQ}")]
+        assert (await _resume_on(gw, "t_silent", LOST_SEQ)).status == 204
     finally:
         await redis.aclose()
 
@@ -400,7 +400,7 @@ async def test_a_quiet_turn_that_moves_on_is_not_ended_by_its_follower(
             lost_seen = entries[-1][0].decode()
             await writer
             # The stream moved on since "lost_seen": nothing is appended.
-            assert not await registry._end_lost("t_slow", TurnLost(lost_seen, 1), b"{}")
+            assert not await registry._end_lost("t_slow", TurnLost(lost_seen), b"{}")
             await registry.follow("t_slow", "alice", 1, got.append, "trace")
         assert [(e.seq, e.event) for e in got] == [(2, "token"), (3, "done")]
         assert [f[b"e"] for _, f in await redis.xrange(stream)] == [b"token", b"token",
@@ -408,3 +408,35 @@ async def test_a_quiet_turn_that_moves_on_is_not_ended_by_its_follower(
     finally:
         await registry.close()
         await redis.aclose()
+
+
+async def test_a_follower_that_finds_the_client_has_the_end_closes_the_stream(
+        redis_url: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end is stored between the reconnect's check and its following (here: the check
+    says no end yet): the follower finds the client has it, and the stream closes empty
+    instead of staying open with nothing to come; a WS id is free again."""
+    agent = await start_agent(tokens=2, tokens_per_s=200.0)
+    first_gw, second_gw = await _pair(chat_gateway, agent, redis_url)
+    resp = await first_gw.post("/v1/chat/stream", json={"message": "hi"}, headers=bearer())
+    turn_id = resp.headers["X-LUKi-Turn-Id"]
+    assert (await read_events(resp))[-1].id == f"{turn_id}:3"
+
+    async def no_end_yet(*_: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(TurnRegistry, "has_remote_end", no_end_yet)
+    async with asyncio.timeout(5):
+        resp = await _resume_on(second_gw, turn_id, 3)
+        assert resp.status == 200
+        assert await read_events(resp) == []
+        ws = await second_gw.ws_connect("/v1/ws", headers=bearer())
+        await ws.receive_json()
+        for _ in range(2):  # nothing is sent, and the id is not left "still running"
+            await ws.send_json({"type": "resume", "id": "r", "turn_id": turn_id,
+                                "last_seq": 3})
+            await asyncio.sleep(0.5)  # the follower reads Redis, finds the end, stops
+            await ws.send_json({"type": "ping", "id": "p"})
+            reply = await ws.receive_json()
+            assert reply["type"] == "pong", reply
+        await ws.close()

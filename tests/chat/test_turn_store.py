@@ -155,7 +155,7 @@ async def test_a_follower_learns_at_once_that_the_owner_process_died(
         async with asyncio.timeout(5):
             await tasks[1]
         assert time.monotonic() - died_at < 4.0
-        assert [(e.seq, e.event) for e in got["t_dying"]] == [(2, "error")]
+        assert [(e.seq, e.event) for e in got["t_dying"]] == [(turns_module.LOST_SEQ, "error")]
         assert got["t_dying"][0].value["error"]["code"] == "DOWNSTREAM_TIMEOUT"
     finally:
         await owner.close()

@@ -106,6 +106,11 @@ class SseSink:
         return (transport is not None and not transport.is_closing()
                 and not self.request.protocol._paused)
 
+    def close_quietly(self) -> None:
+        """End the stream without an event (the client has the turn's end already)."""
+        self.ended = True
+        self.wake()
+
     def push(self, frame: bytes) -> None:
         """Queue a frame that is not a turn event (heartbeat)."""
         self.frames.append(frame)

@@ -246,6 +246,12 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
     listening.feeder = asyncio.create_task(registry.follow(turn_id, conn.principal.id, after,
                                                            listener, trace.trace_id))
 
+    def followed(_: asyncio.Task[None]) -> None:
+        # Also when the client had the end already: the id is free for a new turn.
+        if state.by_id.get(client_id) is listening:
+            del state.by_id[client_id]
+    listening.feeder.add_done_callback(followed)
+
 
 def setup_ws(app: web.Application) -> None:
     """Register the chat message handlers on /v1/ws."""

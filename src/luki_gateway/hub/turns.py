@@ -62,6 +62,10 @@ MAX_CLIENT_IDS_LOCAL = 10_000
 # ends the turn at once, instead of after the idle timeout and the grace period.
 ALIVE_TTL_MS = 3000
 LIVENESS_QUIET_S = 5.0
+# The seq of the error a follower stores for a turn whose process died: past any event
+# that process may have sent its own clients without storing it (so a reconnect from
+# there still gets the end, and then 204).
+LOST_SEQ = 2**31 - 1
 # Flush at most this often, so a burst of tokens becomes one pipeline.
 FLUSH_DELAY_S = 0.02
 # After a failed write the batch is kept and sent again this long after (Redis is back, or
@@ -118,10 +122,9 @@ return 1
 class TurnLost(DownstreamTimeout):
     """The process running a followed turn stopped without ending it."""
 
-    def __init__(self, seen_id: str, seq: int) -> None:
+    def __init__(self, seen_id: str) -> None:
         super().__init__("the gateway process running the turn stopped without ending it")
         self.seen_id = seen_id  # the last stream entry the follower read
-        self.seq = seq  # the last seq the follower's client has
 
 
 def _reraise_cancel() -> None:
@@ -585,13 +588,14 @@ class TurnRegistry:
 
     async def follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
                      trace_id: str) -> None:
-        """Hand a turn run by another process to ``listener`` until its end.
+        """Hand a turn run by another process to ``listener`` until its end (returns
+        without a terminal event only when the client had it already).
 
         When it cannot be followed for now (Redis down) the listener gets an ``error``
         numbered like the last event it got, so a resume after that error misses nothing.
         When the process running the turn is gone, the follower ends the turn for everyone:
-        the ``error`` is stored as the turn's last event, so a client that got it is told
-        ``204`` on its next reconnect instead of waiting for the same error again.
+        the ``error`` is stored as the turn's last event (seq LOST_SEQ), so a client that
+        got it is told ``204`` on its next reconnect instead of waiting for it again.
         """
         last = after_seq
         while True:
@@ -604,8 +608,7 @@ class TurnRegistry:
                 value = lost.body(trace_id)
                 data = json.dumps(value).encode()
                 if await self._end_lost(turn_id, lost, data):
-                    listener(turn_event(id_prefix(turn_id), lost.seq + 1, "error", data,
-                                        value))
+                    listener(turn_event(id_prefix(turn_id), LOST_SEQ, "error", data, value))
                     return
                 # The owner wrote again after all: follow on from what the client has.
             except GatewayError as err:
@@ -633,7 +636,7 @@ class TurnRegistry:
             return True
         try:
             done: Any = await redis.eval(LOST_LUA, 1, self.stream_key(turn_id),
-                                         lost.seen_id, lost.seq + 1, data, self.ttl_s)
+                                         lost.seen_id, LOST_SEQ, data, self.ttl_s)
         except (RedisError, OSError):
             _reraise_cancel()
             return True  # the client still gets the error; a later resume will look again
@@ -701,7 +704,7 @@ class TurnRegistry:
                     and not await self._alive(process)):
                 # The process running the turn is gone (its key expired; or, unknown, it
                 # would have ended the turn by its own idle timeout): say so.
-                raise TurnLost(last_id, after_seq)
+                raise TurnLost(last_id)
 
 
 TURNS = web.AppKey("turns", TurnRegistry)

@@ -197,6 +197,8 @@ async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamR
     sink = SseSink(request)
     feeder = asyncio.create_task(registry.follow(turn_id, principal.id, after, sink,
                                                  trace_of(request).trace_id))
+    # Followed to its end, or the client had the end already (found out while following).
+    feeder.add_done_callback(lambda _: sink.close_quietly())
     try:
         response = await open_sse(request, turn_id, sink)
         with contextlib.suppress(ConnectionError):

@@ -112,7 +112,9 @@
       case "subscribed": return onSubscribed(msg);
       case "event": return onEvent(msg);
       case "gap": return notice(msg.channel, "some events were missed (gap)");
-      case "reset": return notice(msg.channel, "history is gone: events before now are missing (reset)");
+      case "reset":
+        if (channels.has(msg.channel)) channels.set(msg.channel, "");   // that position is gone
+        return notice(msg.channel, "history is gone: events before now are missing (reset)");
       default: return undefined;
     }
   }
