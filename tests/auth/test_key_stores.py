@@ -198,3 +198,14 @@ async def test_redis_layout_and_ttls(backend: str, redis_url: str,
         assert forever_key[8:-4].encode() not in raw
     finally:
         await client.aclose()
+
+
+async def test_a_keys_file_beside_redis_is_said_to_be_ignored(
+        redis_url: str, tmp_path: Path, gateway: Callable[..., Any],
+        captured_logs: Callable[[], list[dict[str, Any]]]) -> None:
+    """With Redis configured the keys live there: an api_keys_file that is also set is
+    named at start-up, so keys created into it are not a mystery 401."""
+    keys_file = str(tmp_path / "keys.json")
+    await gateway(redis_url=redis_url, auth={"enabled": True, "api_keys_file": keys_file})
+    warned = [line for line in captured_logs() if "api_keys_file is ignored" in line["event"]]
+    assert warned and warned[0]["api_keys_file"] == keys_file

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+import structlog
 from aiohttp import web
 
 from ..redis_client import make_redis, redis_of
@@ -14,6 +15,8 @@ from ..settings import SETTINGS, Settings
 from .key_file_store import FileKeyStore
 from .key_record import KeyStore
 from .key_redis_store import RedisKeyStore
+
+log = structlog.get_logger("luki.auth")
 
 KEY_STORE = web.AppKey("key_store", KeyStore)
 
@@ -38,6 +41,11 @@ async def key_store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings, redis_of(app))
     app[KEY_STORE] = store
+    if settings.auth.api_keys_file and isinstance(store, RedisKeyStore):
+        # Keys created into that file would be refused as unknown: say why at start-up.
+        log.warning("api_keys_file is ignored: with Redis configured, API keys live in "
+                    "Redis (create them with `luki-gateway keys create --redis-url ...`)",
+                    api_keys_file=settings.auth.api_keys_file)
 
     async def flush_periodically() -> None:
         while True:
