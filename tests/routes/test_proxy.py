@@ -16,6 +16,7 @@ from luki_gateway.upstream.sessions import UPSTREAMS
 
 from ..conftest import bearer
 from .proxy_upstream import Control, create_upstream_app
+from .test_proxy_faults import raw_exchange
 
 Client = TestClient[Any, Any]
 
@@ -336,3 +337,27 @@ async def test_sequential_requests_share_one_upstream_connection(
         await resp.read()
     pool = proxied.app[UPSTREAMS].get("memory").pool
     assert pool.idle == 1 and pool.in_use == 0
+
+
+@pytest.mark.parametrize("raw", ["/v1/elr//admin/secret", "/v1/elr/x/../admin/secret",
+                                 "/v1/elr/./admin/secret", "/v1/elr/a/%2e%2e/admin/secret"])
+async def test_a_path_that_normalises_into_a_nested_route_is_refused(
+        gateway: Callable[..., Any], aiohttp_server: Callable[..., Any], raw: str) -> None:
+    """The router matches the raw path: /v1/elr//admin came in under /v1/elr, whose scope
+    the caller holds. Normalised it belongs to /v1/elr/admin: refused (404), never
+    forwarded with only /v1/elr's scope checked."""
+    upstream = await aiohttp_server(create_upstream_app())
+    client = await gateway(
+        upstreams={"memory": str(upstream.make_url("")).rstrip("/")},
+        routes=[{"prefix": "/v1/elr", "upstream": "memory", "scopes": {"*": ["elr:read"]}},
+                {"prefix": "/v1/elr/admin", "upstream": "memory",
+                 "scopes": {"*": ["admin:write"]}}])
+    reader = bearer("bob", ("elr:read",))
+    assert (await client.get("/v1/elr/admin/secret", headers=reader)).status == 403
+    answer = await raw_exchange(client, (
+        f"GET {raw} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        f"Authorization: {reader['Authorization']}\r\n\r\n").encode())
+    assert answer.split(b" ", 2)[1] == b"404", answer
+    assert b'"path": "/v1/elr/admin' not in answer
+    # Within its own route a normalised path is still forwarded.
+    assert (await client.get("/v1/elr/items//x", headers=reader)).status == 200

@@ -124,6 +124,15 @@ class _ClientWatch:
         self._handle.cancel()
 
 
+def _check_owner(path: str, matched: Route, config: ProxyConfig) -> None:
+    """The router matched the raw path: ``/v1/elr//admin`` or ``/v1/elr/x/../admin``
+    came in under ``/v1/elr``, whose scopes the auth middleware checked. A normalised path
+    that another route owns (a more specific prefix, or another prefix altogether) is
+    refused, never forwarded under the wrong route's policy."""
+    if config.table.match(path) is not matched:
+        raise NotFound("path leaves the route's prefix")
+
+
 def _target(upstream: Upstream, route: Route, request: web.Request) -> str:
     """The request-target sent upstream: base path + route path + query, as received."""
     rel = request.rel_url
@@ -166,8 +175,11 @@ async def forward(request: web.Request, route: Route, config: ProxyConfig
     The hot path (lean pool, retries included) runs in this one coroutine: one frame of
     ours on the await chain, resumed twice per request at most.
     """
-    upstream = request.app[UPSTREAMS].get(route.upstream)
     method = request.method
+    raw_path = request.rel_url.raw_path
+    if needs_normalising(raw_path):
+        _check_owner(normalise(raw_path), route, config)
+    upstream = request.app[UPSTREAMS].get(route.upstream)
     if method not in route.methods:
         raise MethodNotAllowed(headers={"Allow": route.allow_header})
     target = _target(upstream, route, request)
