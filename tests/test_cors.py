@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
+
 ALLOWED = "https://app.example"
 PREFLIGHT = {"Access-Control-Request-Method": "GET",
              "Access-Control-Request-Headers": "Authorization, Content-Type"}
@@ -62,3 +64,31 @@ async def test_staging_default_allows_no_origin(gateway: Callable[..., Any]) -> 
     assert "Access-Control-Allow-Origin" not in resp.headers
     resp = await client.get("/healthz", headers={"Origin": ALLOWED})
     assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_upstream_cors_and_security_headers_do_not_override_the_gateway(
+        gateway: Callable[..., Any], aiohttp_server: Callable[..., Any]) -> None:
+    """An upstream with its own CORS (FastAPI's middleware, say) and laxer security
+    headers: the gateway's policy answers (the response is not dropped, as it was when
+    aiohttp-cors found a grant already there), and a refused origin gets no grant."""
+    async def lax(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True}, headers={
+            "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": "true",
+            "X-Frame-Options": "ALLOWALL", "Strict-Transport-Security": "max-age=0"})
+
+    app = web.Application()
+    app.router.add_get("/v1/elr/{tail:.*}", lax)
+    upstream = await aiohttp_server(app)
+    client = await gateway(environment="staging", cors_origins=[ALLOWED],
+                           auth={"enabled": False},
+                           upstreams={"memory": str(upstream.make_url("")).rstrip("/")})
+    resp = await client.get("/v1/elr/items", headers={"Origin": ALLOWED})
+    assert resp.status == 200 and await resp.json() == {"ok": True}
+    assert resp.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    assert "Origin" in resp.headers["Vary"]
+    resp = await client.get("/v1/elr/items", headers={"Origin": "https://evil.example"})
+    assert resp.status == 200
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    assert "Access-Control-Allow-Credentials" not in resp.headers

@@ -38,8 +38,15 @@ class ResponseHeaders:
         decision = request.get(RATE_DECISION)
         if decision is not None:
             response.headers.update(decision_headers(decision))
-        if self._cors is not None and "Origin" in request.headers:
-            await self._cors(request, response)
+        if self._cors is not None:
+            # The grant depends on the Origin: caches must keep answers apart by it.
+            vary = response.headers.get("Vary")
+            if not vary:
+                response.headers["Vary"] = "Origin"
+            elif "origin" not in vary.lower():
+                response.headers["Vary"] = vary + ", Origin"
+            if "Origin" in request.headers:
+                await self._cors(request, response)
 
 
 def standard_headers(request: web.Request, response: web.StreamResponse, *,

@@ -123,8 +123,17 @@ def request_headers(request: web.Request, policy: ForwardingPolicy) -> list[tupl
     return out
 
 
+# Response headers that are the gateway's policy, not the upstream's: its security headers
+# (an upstream's "X-Frame-Options: ALLOWALL" must not undo the gateway's DENY) and CORS
+# (CORS_ORIGINS decides; an upstream's "Access-Control-Allow-Origin: *" would also clash
+# with the gateway's own and break the response).
+GATEWAY_OWNED = frozenset({"x-frame-options", "strict-transport-security",
+                           "x-content-type-options", "referrer-policy"})
+
+
 def response_headers(upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop ones and those named in Connection."""
+    """Upstream response headers minus hop-by-hop ones, those named in Connection and
+    those the gateway owns (security headers, CORS)."""
     out: list[tuple[str, str]] = []
     named: frozenset[str] = frozenset()
     for name, value in upstream_headers:
@@ -132,6 +141,8 @@ def response_headers(upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[
         if lname in HOP_BY_HOP:
             if lname == "connection":
                 named |= _connection_tokens(value)
+            continue
+        if lname in GATEWAY_OWNED or lname.startswith("access-control-"):
             continue
         out.append((name, value))
     if named:  # named in Connection: hop-by-hop for this message
