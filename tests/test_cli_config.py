@@ -75,6 +75,11 @@ def _bad_config_files(tmp_path: Path) -> dict[str, tuple[str, str]]:
     (tmp_path / "wrong_type.toml").write_text('port = "eighty"\n')
     (tmp_path / "section_not_table.toml").write_text("hub = 5\n")
     (tmp_path / "bad_route.toml").write_text('[[routes]]\nprefix = "/x"\nupstream = "nope"\n')
+    route = '[[routes]]\nprefix = "{}"\nupstream = "memory"\n'
+    (tmp_path / "negative_cost.toml").write_text(route.format("/x") + "cost = -1\n")
+    (tmp_path / "bad_method.toml").write_text(route.format("/x") + 'methods = ["FOO"]\n')
+    (tmp_path / "dot_prefix.toml").write_text(route.format("/v1/x/../y"))
+    (tmp_path / "twice.toml").write_text(route.format("/x") + route.format("/x"))
     (tmp_path / "a_dir").mkdir()
     return {
         "missing": (str(tmp_path / "nope.toml"), "not found"),
@@ -89,6 +94,11 @@ def _bad_config_files(tmp_path: Path) -> dict[str, tuple[str, str]]:
                                 "hub: must be a table"),
         "route to unknown upstream": (str(tmp_path / "bad_route.toml"),
                                       "routes.0.upstream: unknown upstream 'nope'"),
+        "negative cost": (str(tmp_path / "negative_cost.toml"), "routes.0.cost: must be 0"),
+        "unknown method": (str(tmp_path / "bad_method.toml"),
+                           "routes.0.methods: unknown method 'FOO'"),
+        "dot segment in prefix": (str(tmp_path / "dot_prefix.toml"), "routes.0.prefix: no"),
+        "prefix twice": (str(tmp_path / "twice.toml"), "routes.1.prefix: '/x' is declared twice"),
     }
 
 
@@ -126,6 +136,7 @@ BAD_ENVIRONMENTS = [
     ({"UPSTREAM_TIMEOUT_S": "soon"}, "UPSTREAM_TIMEOUT_S (upstream.timeout_s)"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL (log_level)"),
     ({"AGENT_URL": "ftp://agent"}, "AGENT_URL (upstreams.agent): must be an http"),
+    ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL (redis_url): must be a redis://"),
     ({"AUTH_ENABLED": "maybe"}, "AUTH_ENABLED (auth.enabled): Not a valid boolean"),
     ({"LUKI_CONFIG": "/nonexistent/luki.toml"}, "config file /nonexistent/luki.toml: not found"),
     ({"ENVIRONMENT": "production"}, "unsafe for production: API_KEY_PEPPER"),
@@ -152,16 +163,18 @@ def test_bad_environment_and_flags_stop_serve_with_one_line() -> None:
 
 def test_config_check_masks_secrets() -> None:
     """Secrets never appear in `config check` output; a Redis URL keeps all but its password."""
-    proc = run_cli("config", "check", env={**SAFE_PRODUCTION,
-                                           "REDIS_URL": "redis://:hunter2-redis@db:6379/0"})
+    proc = run_cli("config", "check", env={
+        **SAFE_PRODUCTION, "REDIS_URL": "redis://:hunter2-redis@db:6379/0",
+        "MEMORY_URL": "http://user:hunter2-mem@mem:80", "JWT_JWKS_URL": "https://u:pw2@idp/j"})
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    for secret in (SECRET_JWT, SECRET_PEPPER, "hunter2-redis"):
+    for secret in (SECRET_JWT, SECRET_PEPPER, "hunter2-redis", "hunter2-mem", "pw2"):
         assert secret not in out
     conf = effective(proc)
     assert conf["auth"]["jwt_secret"] == "***"
     assert conf["auth"]["api_key_pepper"] == "***"
     assert conf["redis_url"] == "redis://:***@db:6379/0"
+    assert conf["upstreams"]["memory"] == "http://user:***@mem:80"
     assert "config ok (production)" in proc.stderr
 
 

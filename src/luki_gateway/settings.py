@@ -547,10 +547,30 @@ def _is_secret_path(dotted: str) -> bool:
     return False
 
 
+ROUTE_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _check_routes(settings: Settings) -> None:
+    if settings.redis_url and not settings.redis_url.startswith(REDIS_SCHEMES):
+        raise SettingsError("REDIS_URL (redis_url): must be a redis://, rediss:// or unix:// "
+                            "URL (got ***)")
+    prefixes: set[str] = set()
     for i, route in enumerate(settings.routes):
         if not route.prefix.startswith("/"):
             raise SettingsError(f"routes.{i}.prefix: must start with '/' (got {route.prefix!r})")
+        if "//" in route.prefix or any(seg in (".", "..") for seg in route.prefix.split("/")):
+            raise SettingsError(f"routes.{i}.prefix: no empty, '.' or '..' segments "
+                                f"(got {route.prefix!r})")
+        if route.prefix in prefixes:
+            raise SettingsError(f"routes.{i}.prefix: {route.prefix!r} is declared twice")
+        prefixes.add(route.prefix)
+        if route.cost < 0:
+            raise SettingsError(f"routes.{i}.cost: must be 0 (free) or more (got {route.cost})")
+        unknown = [m for m in route.methods if m.upper() not in ROUTE_METHODS]
+        if unknown:
+            raise SettingsError(f"routes.{i}.methods: unknown method {unknown[0]!r} "
+                                f"(known: {', '.join(sorted(ROUTE_METHODS))})")
         if route.upstream not in settings.upstreams:
             raise SettingsError(
                 f"routes.{i}.upstream: unknown upstream {route.upstream!r} "
@@ -571,15 +591,23 @@ def _mask(value: Any) -> Any:
     if not value:
         return value
     if isinstance(value, str) and "://" in value:
-        # A URL stays useful masked: only its password is the secret.
-        parts = urlsplit(value)
-        if parts.password is None:
-            return value
-        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        return _mask_url(value)
     return "***"
+
+
+def _mask_url(value: str) -> str:
+    """A URL stays useful masked: only its password is the secret."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return "***"
+    if password is None:
+        return value
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def as_dict(settings: Any, *, masked: bool = True) -> dict[str, Any]:
@@ -600,6 +628,8 @@ def _plain(value: Any, masked: bool) -> Any:
         return {k: _plain(v, masked) for k, v in value.items()}
     if isinstance(value, tuple):
         return [_plain(v, masked) for v in value]
+    if masked and isinstance(value, str) and "://" in value and "@" in value:
+        return _mask_url(value)  # an upstream or JWKS URL with credentials in it
     return value
 
 
