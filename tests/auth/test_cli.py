@@ -107,3 +107,33 @@ async def test_token_command(probe: Callable[..., Any],
     monkeypatch.setenv("ENVIRONMENT", "production")
     status, out, err = await run(capsys, "token", "--sub", "alice")
     assert status == 1 and out == "" and "production" in err
+
+
+@pytest.mark.parametrize("flags", [("--owner", ""), ("--owner", "x\ny"),
+                                   ("--owner", "a", "--scope", "elr:read admin:write"),
+                                   ("--owner", "a", "--scope", "")])
+def test_owners_and_scopes_that_cannot_be_forwarded_are_refused(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: tuple[str, ...]) -> None:
+    """An owner becomes X-LUKi-Principal and scopes the space-separated X-LUKi-Scopes: a
+    blank owner, a control character or a scope with a space is a usage error, not a key
+    that forwards an empty principal or a scope nobody granted."""
+    keys_file = tmp_path / "keys.json"
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--keys-file", str(keys_file), *flags])
+    assert exited.value.code == 2
+    assert "error: argument" in capsys.readouterr().err
+    assert not keys_file.exists()
+
+
+def test_an_unusable_store_is_one_line(capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    """Redis down or a keys file that is not one: exit 1 and one line, no traceback."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for store in (["--redis-url", "redis://127.0.0.1:9/0"], ["--keys-file", str(bad)]):
+        with pytest.raises(SystemExit) as exited:
+            main(["keys", "list", *store])
+        assert exited.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("luki-gateway: key store unavailable: ")
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
 
 from ..settings import Settings
 from .api_keys import open_store
 from .dev import mint_dev_token
-from .key_record import KEY_ENVS, ApiKeyRecord, KeyEnv, generate_key, hash_key, new_record
+from .key_record import (
+    KEY_ENVS,
+    ApiKeyRecord,
+    KeyEnv,
+    KeyStore,
+    StoreUnavailable,
+    generate_key,
+    hash_key,
+    new_record,
+)
+
+T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -27,6 +41,39 @@ def parse_duration(text: str) -> int:
     if match is None or int(match[1]) <= 0:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30d, 12h, 3600)")
     return int(match[1]) * _UNIT_S[match[2]]
+
+
+def _store_call(settings: Settings, call: Callable[[KeyStore], Awaitable[T]]) -> T:
+    """``call`` on the configured key store; one line and exit 1 when it is unusable
+    (Redis down, a keys file that is not a key store), not a traceback."""
+    async def run() -> T:
+        store = open_store(settings)
+        try:
+            return await call(store)
+        finally:
+            with contextlib.suppress(Exception):
+                await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (RedisError, StoreUnavailable, OSError) as exc:
+        _err(f"key store unavailable: {exc}")
+        raise SystemExit(1) from None
+
+
+def _owner(value: str) -> str:
+    """argparse type: a key owner (forwarded as X-LUKi-Principal): printable, not blank."""
+    if not value.strip() or not value.isprintable() or len(value) > 256:
+        raise argparse.ArgumentTypeError("must be 1..256 printable characters")
+    return value
+
+
+def _scope(value: str) -> str:
+    """argparse type: one scope: no spaces (X-LUKi-Scopes is space-separated)."""
+    if not value or not value.isprintable() or any(c.isspace() for c in value):
+        raise argparse.ArgumentTypeError(
+            "one scope per --scope, without spaces (repeat --scope for more)")
+    return value
 
 
 def _err(message: str) -> None:
@@ -74,14 +121,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
                         scopes=tuple(dict.fromkeys(args.scope)), tenant=args.tenant,
                         expires_at=now + args.expires if args.expires else None, now=now)
 
-    async def run() -> None:
-        store = open_store(settings)
-        try:
-            await store.add(record)
-        finally:
-            await store.close()
-
-    asyncio.run(run())
+    _store_call(settings, lambda store: store.add(record))
     if args.json:
         print(json.dumps({"key": key, **_record_json(record, now)}))
     else:
@@ -95,14 +135,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     """List keys: id, prefix…last4, owner, scopes, created, last used, status."""
     settings = _settings(args)
 
-    async def run() -> list[ApiKeyRecord]:
-        store = open_store(settings)
-        try:
-            return await store.list()
-        finally:
-            await store.close()
-
-    records = asyncio.run(run())
+    records = _store_call(settings, lambda store: store.list())
     now = time.time()
     rows = [_record_json(r, now) for r in records]
     if args.json:
@@ -127,14 +160,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     if target.startswith("sk_"):
         target = hash_key(target, settings.auth.api_key_pepper)
 
-    async def run() -> ApiKeyRecord | None:
-        store = open_store(settings)
-        try:
-            return await store.revoke(target)
-        finally:
-            await store.close()
-
-    record = asyncio.run(run())
+    record = _store_call(settings, lambda store: store.revoke(target))
     if record is None:
         _err("no such key (give the id from `keys list` or the whole key)")
         return 1
@@ -179,12 +205,13 @@ def add_auth_commands(sub: Any, add_settings_flags: Callable[[argparse.ArgumentP
 
     p = keys_sub.add_parser("create", help="create a key and print it (once)")
     store_flags(p)
-    p.add_argument("--owner", required=True, help="who the key belongs to")
-    p.add_argument("--scope", action="append", default=[], help="granted scope (repeatable)")
+    p.add_argument("--owner", required=True, type=_owner, help="who the key belongs to")
+    p.add_argument("--scope", action="append", default=[], type=_scope,
+                   help="granted scope (repeatable)")
     p.add_argument("--env", choices=KEY_ENVS, default="live", help="key environment")
     p.add_argument("--expires", type=parse_duration, metavar="DURATION",
                    help="lifetime, e.g. 30d, 12h")
-    p.add_argument("--tenant", help="tenant the key belongs to")
+    p.add_argument("--tenant", type=_owner, help="tenant the key belongs to")
     p.set_defaults(func=cmd_keys_create)
 
     p = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
@@ -199,7 +226,7 @@ def add_auth_commands(sub: Any, add_settings_flags: Callable[[argparse.ArgumentP
     p = sub.add_parser("token", help="mint a development JWT (HS256; refused in production)")
     add_settings_flags(p)
     p.add_argument("--sub", default="dev", help="subject (default: dev)")
-    p.add_argument("--scope", action="append", help="scope (repeatable)")
+    p.add_argument("--scope", action="append", type=_scope, help="scope (repeatable)")
     p.add_argument("--role", action="append", help="role claim (repeatable)")
     p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime (default 1h)")
     p.set_defaults(func=cmd_token)
