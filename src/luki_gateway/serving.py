@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
@@ -196,4 +197,23 @@ def serve(settings: Settings) -> int:
     if settings.port == 0:
         raise SettingsError("workers: more than one worker needs a fixed port (got port 0)")
     configure_logging(settings)
+    port_is_free(settings.host, settings.port)
     return Supervisor(settings).run()
+
+
+def port_is_free(host: str, port: int) -> None:
+    """Raise OSError (address in use) when something listens on ``host:port`` already.
+
+    The workers bind with SO_REUSEPORT, which another server's SO_REUSEPORT socket (a
+    gateway started earlier) would let them share: traffic split between two deployments.
+    A probe without SO_REUSEPORT fails on any listener. (A port only in TIME_WAIT is free.)
+    """
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:  # worded as one worker's own bind failure is
+                raise OSError(exc.errno, f"error while attempting to bind on address "
+                              f"{address!r}: {(exc.strerror or '').lower()}") from None
