@@ -11,6 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from luki_gateway.cli import main
+
 SECRET_JWT = "a-jwt-secret-of-our-own-that-is-long-enough-1234"
 SECRET_PEPPER = "a-pepper-of-our-own-5678"
 SAFE_PRODUCTION = {"ENVIRONMENT": "production", "JWT_SECRET": SECRET_JWT,
@@ -210,3 +214,13 @@ def test_python_m_is_the_cli() -> None:
     proc = run_cli()
     assert proc.returncode == 2
     assert "usage:" in proc.stderr
+
+
+def test_config_without_a_subcommand_shows_its_own_help(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`config` alone lists its subcommands (not the top-level help); log levels are the
+    same set as LOG_LEVEL's, in any case."""
+    assert main(["config"]) == 2
+    assert "usage: luki-gateway config" in capsys.readouterr().err
+    assert main(["config", "check", "--log-level", "critical"]) == 0
+    assert '"log_level": "CRITICAL"' in capsys.readouterr().out

@@ -38,7 +38,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origins", metavar="LIST", help="comma-separated allowed origins")
     p.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
                    help="point an upstream at a URL (repeatable), e.g. memory=http://mem:8000")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="inspect configuration")
     config_sub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+
+    def config_help(_: argparse.Namespace, parser: argparse.ArgumentParser = p) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+
+    p.set_defaults(func=config_help)
     c = config_sub.add_parser("check", help="print the effective config, secrets masked")
     _add_serve_flags(c)
     c.set_defaults(func=cmd_config_check)

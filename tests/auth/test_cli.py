@@ -107,6 +107,10 @@ async def test_token_command(probe: Callable[..., Any],
     monkeypatch.setenv("ENVIRONMENT", "production")
     status, out, err = await run(capsys, "token", "--sub", "alice")
     assert status == 1 and out == "" and "production" in err
+    # Staging accepts HS256 only with a secret of its own: not a token it would refuse.
+    monkeypatch.setenv("ENVIRONMENT", "staging")
+    status, out, err = await run(capsys, "token", "--sub", "alice")
+    assert status == 1 and out == "" and "default JWT_SECRET" in err
 
 
 @pytest.mark.parametrize("flags", [("--owner", ""), ("--owner", "x\ny"),

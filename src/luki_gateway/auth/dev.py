@@ -14,6 +14,7 @@ import jwt
 
 from ..settings import Settings
 from .api_keys import open_store
+from .jwt import hs256_enabled
 from .key_record import generate_key, new_record
 
 # Every scope the default route set and the built-in routes ask for.
@@ -29,6 +30,9 @@ def mint_dev_token(settings: Settings, *, sub: str, scopes: Iterable[str] = DEV_
         raise ValueError("dev tokens are refused in production (HS256 is development only)")
     if not settings.auth.jwt_secret:
         raise ValueError("JWT_SECRET is empty: no secret to sign dev tokens with")
+    if not hs256_enabled(settings):
+        raise ValueError(f"a {settings.environment} gateway refuses tokens signed with the "
+                         "default JWT_SECRET: set JWT_SECRET to the gateway's own secret")
     now = int(time.time())
     claims: dict[str, object] = {"sub": sub, "scope": " ".join(scopes), "iat": now,
                                  "exp": now + ttl_s}
