@@ -92,3 +92,18 @@ async def test_upstream_cors_and_security_headers_do_not_override_the_gateway(
     assert resp.status == 200
     assert "Access-Control-Allow-Origin" not in resp.headers
     assert "Access-Control-Allow-Credentials" not in resp.headers
+
+
+async def test_errors_carry_the_grant_for_an_allowed_origin(gateway: Callable[..., Any]
+                                                            ) -> None:
+    """A 404 (no route) or 405 answered to an allowed origin is readable by its page;
+    another origin still gets no grant."""
+    client = await gateway(cors_origins=[ALLOWED])
+    for method, path, status in (("GET", "/v1/nowhere", 404), ("DELETE", "/healthz", 405)):
+        resp = await client.request(method, path, headers={"Origin": ALLOWED})
+        assert resp.status == status
+        assert resp.headers["Access-Control-Allow-Origin"] == ALLOWED
+        assert "X-Request-ID" in resp.headers["Access-Control-Expose-Headers"]
+        assert (await resp.json())["error"]["code"] in ("NOT_FOUND", "METHOD_NOT_ALLOWED")
+        resp = await client.request(method, path, headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in resp.headers

@@ -41,4 +41,30 @@ def setup_cors(app: web.Application) -> PrepareHook | None:
         app.on_response_prepare.remove(h)
     if len(added) != 1:
         raise RuntimeError(f"aiohttp-cors registered {len(added)} response hooks, expected 1")
-    return cast(PrepareHook, added[0])
+    return _with_error_grants(cast(PrepareHook, added[0]), origins)
+
+
+def _with_error_grants(cors_hook: PrepareHook, origins: tuple[str, ...]
+                       ) -> PrepareHook:
+    """aiohttp-cors grants only on routes it knows: a 404 (no route) or 405 for an allowed
+    origin would reach the page unreadable. Errors get the same grant."""
+    any_origin = "*" in origins
+    allowed = frozenset(origins)
+    exposed = ",".join(_EXPOSED)
+
+    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+        await cors_hook(request, response)
+        headers = response.headers
+        if response.status < 400 or "Access-Control-Allow-Origin" in headers:
+            return
+        origin = request.headers.get("Origin", "")
+        if any_origin:
+            headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in allowed:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Allow-Credentials"] = "true"
+        else:
+            return
+        headers["Access-Control-Expose-Headers"] = exposed
+
+    return hook
