@@ -224,3 +224,15 @@ def test_config_without_a_subcommand_shows_its_own_help(
     assert "usage: luki-gateway config" in capsys.readouterr().err
     assert main(["config", "check", "--log-level", "critical"]) == 0
     assert '"log_level": "CRITICAL"' in capsys.readouterr().out
+
+
+def test_config_check_warns_of_a_route_no_request_can_pass(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A route costing more than a whole window is valid but refuses every request: said."""
+    config = tmp_path / "luki.toml"
+    config.write_text('[ratelimit]\nper_min = 4\n[[routes]]\nprefix = "/v1/x"\n'
+                      'upstream = "reports"\ncost = 5\n')
+    assert main(["config", "check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: routes.0.cost (5) is above ratelimit.per_min (4): every request to "
+            "/v1/x is refused") in err

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .settings import Settings, SettingsError, as_dict, load_settings, production_problems
+from .settings import (
+    Settings,
+    SettingsError,
+    as_dict,
+    config_warnings,
+    load_settings,
+    production_problems,
+)
 
 EXIT_CONFIG = 2
 
@@ -87,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Production never starts with a default secret, open CORS or auth off.
         raise SettingsError(f"unsafe for production: {problems[0]} "
                             "(see `luki-gateway config check`)")
+    for warning in config_warnings(settings):
+        _err(f"warning: {warning}")
     return serve(settings)
 
 
@@ -104,6 +113,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """Print the effective config (secrets masked); exit 1 if production-unsafe."""
     settings = settings_from_args(args)
     print(json.dumps(as_dict(settings), indent=2, sort_keys=False))
+    for warning in config_warnings(settings):
+        _err(f"warning: {warning}")
     problems = production_problems(settings)
     for problem in problems:
         _err(f"unsafe for production: {problem}")

@@ -639,6 +639,19 @@ def settings_data(settings: Settings) -> dict[str, Any]:
     return as_dict(settings, masked=False)
 
 
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that are valid but cannot do what they look like they do."""
+    warnings: list[str] = []
+    limits = settings.ratelimit
+    if limits.enabled:
+        for i, route in enumerate(settings.routes):
+            for name, limit in (("per_min", limits.per_min), ("per_hour", limits.per_hour)):
+                if 0 < limit < route.cost:
+                    warnings.append(f"routes.{i}.cost ({route.cost}) is above ratelimit.{name} "
+                                    f"({limit}): every request to {route.prefix} is refused")
+    return warnings
+
+
 def production_problems(settings: Settings) -> list[str]:
     """What makes this config unsafe for production (empty when fine or not production)."""
     if not settings.is_production:
