@@ -83,7 +83,7 @@ def _bad_config_files(tmp_path: Path) -> dict[str, tuple[str, str]]:
     (tmp_path / "negative_cost.toml").write_text(route.format("/x") + "cost = -1\n")
     (tmp_path / "bad_method.toml").write_text(route.format("/x") + 'methods = ["FOO"]\n')
     (tmp_path / "dot_prefix.toml").write_text(route.format("/v1/x/../y"))
-    (tmp_path / "twice.toml").write_text(route.format("/x") + route.format("/x"))
+    (tmp_path / "twice.toml").write_text(route.format("/x") + route.format("/x/"))
     (tmp_path / "a_dir").mkdir()
     return {
         "missing": (str(tmp_path / "nope.toml"), "not found"),
@@ -102,7 +102,8 @@ def _bad_config_files(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "unknown method": (str(tmp_path / "bad_method.toml"),
                            "routes.0.methods: unknown method 'FOO'"),
         "dot segment in prefix": (str(tmp_path / "dot_prefix.toml"), "routes.0.prefix: no"),
-        "prefix twice": (str(tmp_path / "twice.toml"), "routes.1.prefix: '/x' is declared twice"),
+        "prefix twice": (str(tmp_path / "twice.toml"),
+                         "routes.1.prefix: '/x/' is declared twice"),
     }
 
 

@@ -562,9 +562,10 @@ def _check_routes(settings: Settings) -> None:
         if "//" in route.prefix or any(seg in (".", "..") for seg in route.prefix.split("/")):
             raise SettingsError(f"routes.{i}.prefix: no empty, '.' or '..' segments "
                                 f"(got {route.prefix!r})")
-        if route.prefix in prefixes:
+        same = route.prefix.rstrip("/") or "/"  # "/v1/a/" and "/v1/a" are one prefix
+        if same in prefixes:
             raise SettingsError(f"routes.{i}.prefix: {route.prefix!r} is declared twice")
-        prefixes.add(route.prefix)
+        prefixes.add(same)
         if route.cost < 0:
             raise SettingsError(f"routes.{i}.cost: must be 0 (free) or more (got {route.cost})")
         unknown = [m for m in route.methods if m.upper() not in ROUTE_METHODS]

@@ -18,6 +18,8 @@ from luki_gateway.upstream.paths import needs_normalising, normalise
     ("/v1/elr/a/%2e%2E/items", "/v1/elr/items"),
     ("/v1/elr/%2e/items/", "/v1/elr/items/"),
     ("/v1/elr/items/..", "/v1/elr/"),
+    ("/v1/elr/items/%2e%2e", "/v1/elr/"),
+    ("/v1/elr/items/%2e", "/v1/elr/items/"),
     ("/../../etc/passwd", "/etc/passwd"),
     ("/v1/elr/a%20b", "/v1/elr/a%20b"),
     ("/", "/"),

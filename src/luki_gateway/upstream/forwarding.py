@@ -115,10 +115,10 @@ def request_headers(request: web.Request, policy: ForwardingPolicy) -> list[tupl
     trace = trace_of(request)
     out.append(("X-Request-ID", trace.request_id))
     out.append(("traceparent", trace.traceparent))
-    state = incoming.get("tracestate")
-    if state and trace.trace_id in incoming.get("traceparent", ""):
-        # W3C: a continued trace carries the caller's vendor state along, unchanged.
-        out.append(("tracestate", state))
+    if "tracestate" in incoming and trace.trace_id in incoming.get("traceparent", ""):
+        # W3C: a continued trace carries the caller's vendor state along, unchanged (several
+        # header fields combined into one list).
+        out.append(("tracestate", ",".join(incoming.getall("tracestate"))))
     principal = request.get(PRINCIPAL)
     if principal is not None:
         out.append(("X-LUKi-Principal", principal.subject))

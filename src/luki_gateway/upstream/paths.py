@@ -34,5 +34,7 @@ def normalise(raw_path: str) -> str:
                 stack.pop()
             continue
         stack.append(segment)
-    trailing = "/" if stack and segments[-1] in ("", ".", "..") and raw_path != "/" else ""
+    last = segments[-1]
+    last = unquote(last) if "%" in last else last
+    trailing = "/" if stack and last in ("", ".", "..") and raw_path != "/" else ""
     return "/" + "/".join(stack) + trailing
