@@ -218,13 +218,16 @@ def test_python_m_is_the_cli() -> None:
 
 
 def test_config_without_a_subcommand_shows_its_own_help(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`config` alone lists its subcommands (not the top-level help); log levels are the
     same set as LOG_LEVEL's, in any case."""
     assert main(["config"]) == 2
     assert "usage: luki-gateway config" in capsys.readouterr().err
     assert main(["config", "check", "--log-level", "critical"]) == 0
     assert '"log_level": "CRITICAL"' in capsys.readouterr().out
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert main(["config", "check"]) == 0
+    assert '"log_level": "DEBUG"' in capsys.readouterr().out
 
 
 def test_config_check_warns_of_a_route_no_request_can_pass(

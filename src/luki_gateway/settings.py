@@ -486,6 +486,8 @@ def load_settings(
     data = _merge(data, env_data)
     if overrides:
         data = _merge(data, overrides)
+    if isinstance(data.get("log_level"), str):
+        data = {**data, "log_level": data["log_level"].upper()}  # "debug" as well as "DEBUG"
     top_level = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(data) - top_level)
     if unknown:
