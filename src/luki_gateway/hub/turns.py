@@ -396,10 +396,10 @@ class TurnRegistry:
         assert redis is not None  # started in Redis mode only
         alive = self.alive_key(self.process_id)
         while True:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await redis.set(alive, b"1", px=ALIVE_TTL_MS)
-            except (RedisError, OSError):
-                _reraise_cancel()
+            # redis-py can swallow a cancel that lands mid-call: stop when asked to anyway.
+            _reraise_cancel()
             await asyncio.sleep(WATCH_REFRESH_S)
             turns = list(self.live.values())
             if not turns:
@@ -410,6 +410,7 @@ class TurnRegistry:
             except (RedisError, OSError):
                 _reraise_cancel()
                 continue  # looked at again next time
+            _reraise_cancel()
             for turn, flag in zip(turns, flags, strict=True):
                 if flag is not None and not turn.finished and turn.abandon is not None:
                     # Once: the flag stays until its TTL, the turn ends in a moment.
@@ -430,8 +431,10 @@ class TurnRegistry:
         watch, self._cancel_watch = self._cancel_watch, None
         if watch is not None:
             watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            # Bounded: a shutdown must not hang on a Redis call that ate the cancel.
+            await asyncio.wait((watch,), timeout=CLOSE_TIMEOUT_S)
+            if not watch.done():
+                log.warning("turn cancel watch did not stop in time")
         follow, self._follow_redis = self._follow_redis, None
         if follow is not None:
             await follow.aclose()
