@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -160,4 +161,30 @@ async def test_a_follower_learns_at_once_that_the_owner_process_died(
     finally:
         await owner.close()
         await follower.close()
+        await redis.aclose()
+
+
+async def test_close_does_not_hang_on_a_redis_call_that_eats_the_cancel(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py can swallow a cancel (a read timing out as it lands, then its retry
+    returns normally): the registry's watch still stops, and close() returns."""
+    redis = make_redis(Settings(redis_url=redis_url))
+    registry = TurnRegistry(ChatSettings(), redis, "lgw:")
+    entered = asyncio.Event()
+
+    async def eats_the_cancel(*_: Any, **__: Any) -> bool:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as redis-py's retry can
+            await asyncio.sleep(0.5)
+        return True
+
+    monkeypatch.setattr(redis, "set", eats_the_cancel)
+    registry.start()
+    try:
+        await entered.wait()
+        async with asyncio.timeout(3):
+            await registry.close()
+        watch = registry._cancel_watch
+        assert watch is None
+    finally:
         await redis.aclose()
