@@ -19,6 +19,8 @@ from .key_redis_store import RedisKeyStore
 log = structlog.get_logger("luki.auth")
 
 KEY_STORE = web.AppKey("key_store", KeyStore)
+# How long shutdown waits for the last-used flusher to stop.
+CLOSE_WAIT_S = 2.0
 
 
 def open_store(settings: Settings, redis: aioredis.Redis | None = None) -> KeyStore:
@@ -56,6 +58,6 @@ async def key_store_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(flush_periodically(), name="luki-key-last-used")
     yield
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Bounded: redis-py can swallow a cancel mid-call (then this loop would run on).
+    await asyncio.wait((task,), timeout=CLOSE_WAIT_S)
     await store.close()
