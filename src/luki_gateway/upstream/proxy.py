@@ -124,22 +124,20 @@ class _ClientWatch:
         self._handle.cancel()
 
 
-def _check_owner(path: str, matched: Route, config: ProxyConfig) -> None:
-    """The router matched the raw path: ``/v1/elr//admin`` or ``/v1/elr/x/../admin``
-    came in under ``/v1/elr``, whose scopes the auth middleware checked. A normalised path
-    that another route owns (a more specific prefix, or another prefix altogether) is
-    refused, never forwarded under the wrong route's policy."""
-    if config.table.match(path) is not matched:
-        raise NotFound("path leaves the route's prefix")
+def _target(upstream: Upstream, route: Route, table: RouteTable, request: web.Request
+            ) -> str:
+    """The request-target sent upstream: base path + route path + query, as received.
 
-
-def _target(upstream: Upstream, route: Route, request: web.Request) -> str:
-    """The request-target sent upstream: base path + route path + query, as received."""
+    The router matched the raw path: ``/v1/elr//admin`` or ``/v1/elr/x/../admin`` came in
+    under ``/v1/elr``, whose scopes the auth middleware checked. A normalised path that
+    another route owns (a more specific prefix, or another prefix altogether) is refused,
+    never forwarded under the wrong route's policy.
+    """
     rel = request.rel_url
     path = rel.raw_path
     if needs_normalising(path):
         path = normalise(path)
-        if not route.owns(path):
+        if table.match(path) is not route:
             raise NotFound("path leaves the route's prefix")
     target = upstream.pool.base_path + route.upstream_path(path)
     query = rel.raw_query_string
@@ -176,13 +174,10 @@ async def forward(request: web.Request, route: Route, config: ProxyConfig
     ours on the await chain, resumed twice per request at most.
     """
     method = request.method
-    raw_path = request.rel_url.raw_path
-    if needs_normalising(raw_path):
-        _check_owner(normalise(raw_path), route, config)
     upstream = request.app[UPSTREAMS].get(route.upstream)
+    target = _target(upstream, route, config.table, request)  # 404/400 before 405
     if method not in route.methods:
         raise MethodNotAllowed(headers={"Allow": route.allow_header})
-    target = _target(upstream, route, request)
     length = request.content_length
     if length is not None and length > route.max_body_bytes:
         raise PayloadTooLarge(details={"max_bytes": route.max_body_bytes})
