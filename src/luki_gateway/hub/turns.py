@@ -600,11 +600,10 @@ class TurnRegistry:
         the ``error`` is stored as the turn's last event (seq LOST_SEQ), so a client that
         got it is told ``204`` on its next reconnect instead of waiting for it again.
         """
-        last = after_seq
         while True:
             try:
                 async for item in self.remote_events(turn_id, owner, after_seq):
-                    last = after_seq = item.seq
+                    after_seq = item.seq
                     listener(item)
                 return
             except TurnLost as lost:
@@ -616,7 +615,7 @@ class TurnRegistry:
                 # The owner wrote again after all: follow on from what the client has.
             except GatewayError as err:
                 value = err.body(trace_id)
-                listener(turn_event(id_prefix(turn_id), last, "error",
+                listener(turn_event(id_prefix(turn_id), after_seq, "error",
                                     json.dumps(value).encode(), value))
                 return
 
