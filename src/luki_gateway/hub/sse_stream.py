@@ -84,8 +84,12 @@ class SseStream(Subscriber):
         retry, self._retry = self._retry, b""
         if self.single:
             return self._frame(b"%bid: %b\n%b" % (retry, event.id.encode(), event.sse_body))
-        composite = ",".join(f"{c}={i}" for c, i in channels.items() if i)
-        return self._frame(b"%bid: %b\n%b" % (retry, composite.encode(), event.sse_body))
+        return self._frame(b"%bid: %b\n%b" % (retry, self._composite_id().encode(),
+                                               event.sse_body))
+
+    def _composite_id(self) -> str:
+        """Every channel's position (``channel=id,...``), for a multi-channel stream."""
+        return ",".join(f"{c}={i}" for c, i in self.channels.items() if i)
 
     def notice_frame(self, message: dict[str, Any]) -> bytes:
         """``gap`` / ``reset`` as named SSE events, with the retry hint if first and the
@@ -99,7 +103,7 @@ class SseStream(Subscriber):
         if self.single:
             position = channels.get(channel, "") if isinstance(channel, str) else ""
         else:
-            position = ",".join(f"{c}={i}" for c, i in channels.items() if i)
+            position = self._composite_id()
         retry, self._retry = self._retry, b""
         body = {k: v for k, v in message.items() if k != "type"}
         return self._frame(retry + sse_block(json.dumps(body, separators=(",", ":")),
