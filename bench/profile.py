@@ -52,6 +52,6 @@ FULL = Profile(
     name="full", rounds=5, proxy_duration_s=5.0, proxy_connections=64, fixed_rate=1000,
     fixed_duration_s=2.0, fanout_levels=(1000, 3000, 10000), fanout_events=100,
     fanout_rounds=2, memory_levels=(1000, 5000, 18000), chat_levels=(1, 100, 300),
-    chat_tokens=40, chat_rounds=3, ratelimit_duration_s=5.0, chat_single_turns=7)
+    chat_tokens=40, chat_rounds=3, ratelimit_duration_s=5.0, chat_single_turns=8)
 
 PROFILES = {p.name: p for p in (SMOKE, QUICK, FULL)}

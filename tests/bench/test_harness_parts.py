@@ -12,6 +12,7 @@ from bench.httpload import build_request, closed_loop, fetch, open_loop
 from bench.profiling import self_by_package, top_frames
 from bench.record import Contender, guarded
 from bench.report import _machine
+from bench.scenarios.chat import turn_orders
 from bench.stats import percentile, summary
 
 
@@ -148,3 +149,19 @@ def test_a_confined_run_warns_and_says_so_in_the_report(
     assert [line for line in lines if line.startswith("  - ")] == [
         "  - `chat`: pinning none: every process on the same core(s), not comparable "
         "with a pinned run"]
+
+
+def test_chat_turn_order_balances_who_follows_whom() -> None:
+    # A relay's turn right after another relay's is slower (shared core, cold caches): over
+    # a round each relay must follow each other path equally often, whatever the start.
+    names = ["agent-direct", "naive-relay", "gw-chat"]
+    for rnd in range(3):
+        orders = turn_orders(names, rnd, 8)
+        assert all(sorted(order) == sorted(names) for order in orders)
+        sequence = [name for order in orders for name in order]
+        follows: dict[tuple[str, str], int] = {}
+        for before, after in zip(sequence, sequence[1:] + sequence[:1], strict=True):
+            follows[(after, before)] = follows.get((after, before), 0) + 1
+        for name in names:
+            counts = [n for (after, _), n in follows.items() if after == name]
+            assert len(counts) == 2 and counts[0] == counts[1], (rnd, name, follows)
