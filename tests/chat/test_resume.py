@@ -61,6 +61,29 @@ async def test_resume_on_the_same_process(backend: str, start_agent: Callable[..
     assert agent.log.cancelled == []
 
 
+async def test_resume_past_the_buffer_size_keeps_the_newest_events(
+        backend: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]) -> None:
+    """The buffer keeps the newest ``resume_max_events`` (as the Redis copy does): a client
+    that dropped late in a long turn gets every event after its last one; one that asks
+    for events that fell out gets 404, not a stream with a hole."""
+    agent = await start_agent(tokens=30, tokens_per_s=200.0)
+    client = await chat_gateway(agent, chat={"resume_max_events": 8})
+    turn_id, first = await _start(client, bearer(), 26)
+    resp = await _resume_on(client, turn_id, 26)
+    assert resp.status == 200
+    events = first + await asyncio.wait_for(read_events(resp), 10)
+    assert [e.id for e in events] == [f"{turn_id}:{i}" for i in range(1, 32)]
+    assert _tokens(events) == reply_tokens("tell me", 30)
+    # Seq 2..23 fell out of the buffer (31 events, 8 kept): resuming after 1 cannot be whole.
+    gone = await _resume_on(client, turn_id, 1)
+    assert gone.status == 404 and (await gone.json())["error"]["code"] == "NOT_FOUND"
+    # After 23 is the oldest point the buffer still covers.
+    resp = await _resume_on(client, turn_id, 23)
+    assert resp.status == 200
+    rest = await asyncio.wait_for(read_events(resp), 10)
+    assert [e.id for e in rest] == [f"{turn_id}:{i}" for i in range(24, 32)]
+
+
 async def test_resume_on_another_app_sharing_redis(redis_url: str,
                                                    start_agent: Callable[..., Any],
                                                    chat_gateway: Callable[..., Any]) -> None:

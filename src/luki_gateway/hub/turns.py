@@ -1,9 +1,9 @@
 """Resumable chat turns: each turn's events, kept while they are relayed.
 
 A :class:`Turn` lives in the process that runs it: it numbers events (``seq`` from 1),
-keeps them (up to ``chat.resume_max_events``), hands each to its listeners at once and,
-when Redis is configured, queues it for the Redis Stream ``<prefix>turn:<turn_id>`` so a
-client can resume on any process. Writes to Redis are batched by one flusher task (a few
+keeps the newest of them (up to ``chat.resume_max_events``), hands each to its listeners at
+once and, when Redis is configured, queues it for the Redis Stream ``<prefix>turn:<turn_id>``
+so a client can resume on any process. Writes to Redis are batched by one flusher task (a few
 milliseconds), so relaying a token costs a list append, not a round trip.
 
 When the last listener leaves a running turn, the upstream is kept for the grace period
@@ -27,7 +27,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -175,7 +175,7 @@ class Turn:
     """One turn running in this process: its events so far and who listens to them."""
 
     __slots__ = ("_grace", "_registry", "abandon", "created_at", "events", "finished",
-                 "listeners", "overflowed", "owner", "prefix", "seq", "turn_id")
+                 "listeners", "owner", "prefix", "seq", "turn_id")
 
     def __init__(self, registry: TurnRegistry, turn_id: str, owner: str) -> None:
         self._registry = registry
@@ -183,11 +183,12 @@ class Turn:
         self.prefix = id_prefix(turn_id)
         self.owner = owner
         self.seq = 0
-        self.events: list[TurnEvent] = []
+        # The newest events (the resume buffer, as the Redis copy keeps them): a client
+        # resumes from the last event it got, so it needs the latest ones, and the terminal
+        # event is always among them.
+        self.events: deque[TurnEvent] = deque(maxlen=registry.max_events)
         self.listeners: list[Listener] = []
         self.finished = False
-        # More events than the resume buffer holds: resuming from the start is impossible.
-        self.overflowed = False
         self.created_at = time.monotonic()
         # Called once with the reason ("client_gone", or "cancelled" when a client on
         # another process asked) to stop the turn's upstream.
@@ -203,11 +204,7 @@ class Turn:
         item = TurnEvent(seq, event, data, value, b"%b%d\nevent: %b\ndata: %b\n\n" % (
             self.prefix, seq, event.encode(), data))
         registry = self._registry
-        events = self.events
-        if len(events) < registry.max_events:
-            events.append(item)
-        else:
-            self.overflowed = True
+        self.events.append(item)  # the oldest falls out past resume_max_events
         for listener in self.listeners:
             listener(item)
         if registry.redis is not None:
@@ -223,7 +220,7 @@ class Turn:
 
     def attach(self, listener: Listener, after_seq: int = 0) -> None:
         """Replay every kept event after ``after_seq`` to ``listener``, then add it live."""
-        if self.overflowed and after_seq < self.seq - len(self.events):
+        if after_seq < self.seq - len(self.events):  # events after it fell out
             raise NotFound("the turn has moved past the resume buffer",
                            details={"turn_id": self.turn_id})
         for item in self.events:
