@@ -8,9 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse
 
 from luki_gateway.devstack.agent import reply_tokens
+from luki_gateway.hub.turns import LOST_SEQ, TurnRegistry
+from luki_gateway.settings import ChatSettings
+from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
 
 
@@ -34,6 +38,13 @@ async def _until_end(ws: ClientWebSocketResponse, client_id: str,
         out.append(msg)
         if msg["type"] in ("done", "error"):
             return out
+
+
+async def _resume_sse(client: Any, turn_id: str, seq: int) -> list[Received]:
+    resp = await client.get("/v1/chat/stream", params={"turn_id": turn_id},
+                            headers={**bearer(), "Last-Event-ID": f"{turn_id}:{seq}"})
+    assert resp.status == 200
+    return await read_events(resp)
 
 
 async def _dropped_elsewhere(chat_gateway: Callable[..., Any], agent: Any, redis_url: str,
@@ -303,6 +314,35 @@ async def test_ws_cancel_of_a_turn_resumed_on_another_app(redis_url: str,
     await agent.log.wait_for(lambda log: len(log.cancelled) == 1, 3.0)
     assert time.monotonic() - cancelled_at < 2.5  # well before the 15 s grace period
     await ws.close()
+
+
+async def test_ws_cancel_of_a_followed_turn_whose_process_died(
+        redis_url: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]
+        ) -> None:
+    """cancel {id} of a followed turn whose process is dead: nobody can stop it, so the
+    client gets the turn's one stored end (the error every resume of it gets, with its
+    seq), not a made-up done without seq or usage that a later resume contradicts."""
+    redis = aioredis.Redis.from_url(redis_url)
+    owner = TurnRegistry(ChatSettings(), redis, "lgw:")
+    try:
+        dead = owner.create("t_dead", "jwt:alice")
+        for i in range(3):
+            dead.publish("token", b'{"text": "%d"}' % i, str(i))
+        await owner.flush()
+        gw = await chat_gateway(await start_agent(), redis_url=redis_url)
+        ws = await _connect(gw)
+        await ws.send_json({"type": "resume", "id": "r", "turn_id": "t_dead", "last_seq": 2})
+        assert (await ws.receive_json(timeout=5))["seq"] == 3
+        await ws.send_json({"type": "cancel", "id": "r"})
+        # The follower finds the owner dead once the turn has been quiet for ~5 s.
+        rest = [await ws.receive_json(timeout=12)]
+        assert [(m["type"], m.get("seq")) for m in rest] == [("error", LOST_SEQ)]
+        assert rest[0]["error"]["code"] == "DOWNSTREAM_TIMEOUT"
+        resumed = await _resume_sse(gw, "t_dead", 2)
+        assert [e.id for e in resumed] == ["t_dead:3", f"t_dead:{LOST_SEQ}"]
+        await ws.close()
+    finally:
+        await redis.aclose()
 
 
 async def test_ws_cancel_elsewhere_while_the_owner_still_has_a_listener(

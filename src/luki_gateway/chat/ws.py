@@ -24,7 +24,15 @@ from ..errors import (
     ValidationFailed,
     error_message,
 )
-from ..hub.turns import TERMINAL, TURNS, Listener, Turn, TurnEvent
+from ..hub.turns import (
+    LIVENESS_QUIET_S,
+    TERMINAL,
+    TURNS,
+    WATCH_REFRESH_S,
+    Listener,
+    Turn,
+    TurnEvent,
+)
 from ..middlewares.ratelimit import charge_message
 from ..routes.ws_protocol import WS_MESSAGE_HANDLERS, WsConnection
 from ..settings import SETTINGS
@@ -36,9 +44,12 @@ from .relay import RELAYS, RelayedTurn, TurnRequest, agent_client, start_turn
 from .schema import CancelSchema, ResumeSchema, chat_schema
 from .turn_access import CHAT_ACCESS, check_owner, require_chat_scope, resolve_user
 
-# A turn followed from another process ends this long after its cancel at the latest:
-# by the owner's own done (cancelled), else here (the owner did not act: it is gone).
-REMOTE_CANCEL_WAIT_S = 3.0
+# A turn followed from another process ends this long after its cancel at the latest: by
+# the owner's own done (cancelled, within about WATCH_REFRESH_S), or, when the owner is
+# dead, by the follower's stored end (the error every resume of the turn gets, once the
+# turn has been quiet for LIVENESS_QUIET_S). Only if neither comes (Redis failing) does the
+# socket end the turn itself, with a done that has no seq or usage.
+REMOTE_CANCEL_WAIT_S = LIVENESS_QUIET_S + 3 * WATCH_REFRESH_S
 
 
 @dataclass(slots=True)
