@@ -463,3 +463,26 @@ async def test_a_follower_that_finds_the_client_has_the_end_closes_the_stream(
             reply = await ws.receive_json()
             assert reply["type"] == "pong", reply
         await ws.close()
+
+
+async def test_shutdown_ends_a_follower_stream_so_its_client_resumes_elsewhere(
+        redis_url: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]
+        ) -> None:
+    """A process that stops while it relays a turn another process runs ends that stream at
+    once (no terminal event: the turn goes on), instead of relaying on until its shutdown
+    times out and then cutting it mid-chunk; the client resumes on the other process."""
+    agent = await start_agent(tokens=200, tokens_per_s=20.0)
+    owner_gw, follower_gw = await _pair(chat_gateway, agent, redis_url)
+    turn_id, _ = await _start(owner_gw, bearer(), 2)
+    resp = await _resume_on(follower_gw, turn_id, 2)
+    assert resp.status == 200
+    got = await read_events(resp, stop_after=1)
+    async with asyncio.timeout(3):
+        closing = asyncio.create_task(follower_gw.server.close())
+        got += await read_events(resp)
+        await closing
+    assert got and all(e.event == "token" for e in got)
+    last = int(got[-1].id.rpartition(":")[2])
+    resp = await _resume_on(owner_gw, turn_id, last)
+    more = await read_events(resp, stop_after=1)
+    assert more[0].id == f"{turn_id}:{last + 1}"

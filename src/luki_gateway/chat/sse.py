@@ -212,11 +212,14 @@ class SseStreams:
         self.heartbeat_s = heartbeat_s
         self._sinks: set[SseSink] = set()
         self._task: asyncio.Task[None] | None = None
+        self._ending = False
 
     def add(self, sink: SseSink) -> None:
-        """Watch ``sink`` until it is discarded."""
+        """Watch ``sink`` until it is discarded (ended at once when the app is stopping)."""
         sink.last_write = asyncio.get_running_loop().time()
         self._sinks.add(sink)
+        if self._ending:
+            sink.close_quietly()
         if self._task is None:
             self._task = asyncio.create_task(self._watch())
 
@@ -241,6 +244,12 @@ class SseStreams:
                     sink.last_write = now
                     sink.push(HEARTBEAT)
 
+    def end_all(self) -> None:
+        """End every open stream now, after its queued frames (the app is stopping)."""
+        self._ending = True
+        for sink in list(self._sinks):
+            sink.close_quietly()
+
     async def close(self) -> None:
         """Stop the watcher."""
         if self._task is not None:
@@ -251,6 +260,15 @@ class SseStreams:
 
 
 SSE_STREAMS = web.AppKey("chat_sse_streams", SseStreams)
+
+
+async def end_sse_streams(app: web.Application) -> None:
+    """on_shutdown, after the local turns ended: a stream still open relays a turn another
+    process runs (a resume); it ends now, without a terminal event since the turn goes on,
+    so its client resumes elsewhere instead of being cut off when the shutdown times out."""
+    streams = app.get(SSE_STREAMS)
+    if streams is not None:
+        streams.end_all()
 
 
 async def sse_streams_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -29,7 +29,7 @@ from ..chat.relay import (
     stop_relays,
 )
 from ..chat.schema import chat_schema, plain_chat_body
-from ..chat.sse import WATCH_INTERVAL_S, SseSink, open_sse, sse_streams_ctx
+from ..chat.sse import WATCH_INTERVAL_S, SseSink, end_sse_streams, open_sse, sse_streams_ctx
 from ..chat.turn_access import CHAT_ACCESS, check_owner, resolve_user
 from ..chat.ws import setup_ws
 from ..errors import GatewayError, ValidationFailed
@@ -214,6 +214,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(relays_ctx)
     app.cleanup_ctx.append(sse_streams_ctx)
     app.on_shutdown.append(stop_relays)
+    app.on_shutdown.append(end_sse_streams)  # after stop_relays: followers of other processes
     declare(app, app.router.add_post("/v1/chat", chat),
             RouteAccess(scopes={"POST": ("chat:write",)}))
     stream = app.router.add_resource("/v1/chat/stream")
