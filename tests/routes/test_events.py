@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from luki_gateway.hub.hub import HUB
 
+from ..conftest import bearer
 from ..hub.streams import SseReader, wait_until
 
 OPEN = {"auth": {"enabled": False}}
@@ -159,6 +160,31 @@ async def test_sse_refusals_before_streaming(gateway: Callable[..., Any]) -> Non
         assert resp.status == code, params
         assert resp.headers["Content-Type"].startswith("application/json")
         assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_owner_session_channels_of_a_longer_subject_are_refused(
+        gateway: Callable[..., Any]) -> None:
+    """Subject john may not read john.smith's sessions, on SSE (403) nor WebSocket (error)."""
+    client = await gateway(hub={"session_subscribe": "owner"})
+    john = bearer("john", ())
+    for channel in ("session:john.smith", "session:john.smith.1"):
+        resp = await client.get("/v1/events", params={"channel": channel}, headers=john)
+        assert resp.status == 403, channel
+        assert (await resp.json())["error"]["code"] == "FORBIDDEN"
+    ws = await client.ws_connect("/v1/ws", headers=john)
+    await ws.receive_json(timeout=5)
+    for channel in ("session:john.smith", "session:john.smith.1"):
+        await ws.send_json({"type": "subscribe", "channel": channel})
+        message = await ws.receive_json(timeout=5)
+        assert message["type"] == "error", channel
+        assert message["error"]["code"] == "FORBIDDEN"
+    # john's own numbered session still works on both.
+    await ws.send_json({"type": "subscribe", "channel": "session:john.1"})
+    assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
+    await ws.close()
+    resp = await client.get("/v1/events", params={"channel": "session:john.1"}, headers=john)
+    assert resp.status == 200
+    resp.close()
 
 
 async def test_sse_needs_credentials_when_auth_is_on(gateway: Callable[..., Any]) -> None:

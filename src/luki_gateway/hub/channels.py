@@ -52,12 +52,23 @@ def subscribe_refusal(principal: Principal, channel: str,
         mode = settings.session_subscribe
         if mode == "any":
             return None
-        # "owner": session ids are issued as <subject> or <subject>.<n> by the chat relay.
-        owner = rest.split(":", 1)[0]
-        if mode == "owner" and (owner == principal.subject
-                                or owner.startswith(principal.subject + ".")):
+        if mode == "owner" and _owns_session(principal.subject, rest.split(":", 1)[0]):
             return None
     return Forbidden("not allowed to subscribe to this channel", details={"channel": channel})
+
+
+def _owns_session(subject: str, session_id: str) -> bool:
+    """True when ``session_id`` is ``<subject>`` or ``<subject>.<n>`` (n ascii digits).
+
+    A bare prefix test would let ``john`` into ``john.smith``'s sessions: only a number may
+    follow the subject's own dot (subjects may contain dots themselves).
+    """
+    if not subject:
+        return False
+    if session_id == subject:
+        return True
+    head, dot, tail = session_id.rpartition(".")
+    return bool(dot) and head == subject and tail.isascii() and tail.isdigit()
 
 
 def publish_refusal(principal: Principal) -> GatewayError | None:
