@@ -146,3 +146,40 @@ async def test_slow_sse_stream_is_disconnected_with_a_final_error(
     assert b"event: error" in seen and b"SLOW_CONSUMER" in seen
     assert seen.endswith(b"\r\n0\r\n\r\n")
     writer.close()
+
+
+async def test_reply_to_a_backlogged_socket_drops_old_events_not_the_socket(
+        gateway: Callable[..., Any]) -> None:
+    """A ping (any reply) to a socket whose queue is full of droppable events takes the
+    place of the oldest of them: the socket stays open and gets a gap, then the pong."""
+    client = await gateway(auth={"enabled": False},
+                           hub={"slow_consumer_policy": "drop_oldest", "queue_max_messages": 10,
+                                "queue_max_bytes": 10_000_000})
+    hub = _hub(client)
+    reader, writer = await stalled_ws(client.host, client.port)
+    writer.write(ws_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
+    await writer.drain()
+    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
+    stalled = next(iter(hub.connections.values()))
+    stalled.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    pad = "x" * 400
+    for start in range(0, EVENTS, 50):
+        resp = await client.post("/v1/events/publish", json={"events": [
+            {"channel": CHANNEL, "data": {"n": n, "pad": pad}} for n in range(start, start + 50)]})
+        assert resp.status == 200
+    assert stalled.queue_depth == 10  # full by count: the reply needs a slot of its own
+    writer.write(ws_client_frame(json.dumps({"type": "ping", "id": "p1"}).encode()))
+    await writer.drain()
+    await wait_until(lambda: stalled.closed or (stalled._queue is not None
+                                                and stalled._queue[-1][0] is None))
+    assert not stalled.closed and len(hub.connections) == 1
+    assert hub.slow_actions["disconnect"] == 0
+    resume_reading(writer)
+    seen = await _drain_raw(reader, b'"type":"pong"')
+    assert b'{"type":"pong","id":"p1"}' in seen and b"SLOW_CONSUMER" not in seen
+    assert b'"type":"gap"' in seen
+    # The newest events were kept, and came before the pong.
+    assert seen.index(b'"n":%d,' % (EVENTS - 1)) < seen.index(b'"type":"pong"')
+    writer.close()
