@@ -53,8 +53,8 @@ def new_connection_id() -> str:
 class Subscriber:
     """One client connection as the hub sees it (transport-specific parts in subclasses)."""
 
-    __slots__ = ("_channels", "_close_callbacks", "_gaps", "_queue", "_queued_bytes", "_writer",
-                 "closed", "connection_id", "hub", "lease", "principal", "protocol",
+    __slots__ = ("_channels", "_close_callbacks", "_drained", "_gaps", "_queue", "_queued_bytes",
+                 "_writer", "closed", "connection_id", "hub", "lease", "principal", "protocol",
                  "transport")
 
     kind: Transport = "ws"
@@ -72,6 +72,9 @@ class Subscriber:
         self._channels: dict[str, str] | None = None
         self._queue: deque[tuple[str | None, str, bytes]] | None = None
         self._queued_bytes = 0
+        # The writer task took a frame from the queue since the WebSocket heartbeat last
+        # looked: a backlogged peer that still reads is alive even when it sends nothing.
+        self._drained = False
         self._writer: asyncio.Task[None] | None = None
         self._gaps: dict[str, str] | None = None
         self._close_callbacks: list[Callable[[], Awaitable[None]]] | None = None
@@ -265,6 +268,7 @@ class Subscriber:
                 _, _, frame = queue.popleft()
                 self._queued_bytes -= len(frame)
                 self.transport.write(frame)
+                self._drained = True
         except (ConnectionError, RuntimeError):
             self.close()
         finally:
