@@ -304,6 +304,28 @@ async def test_publish_validation(gateway: Callable[..., Any]) -> None:
         assert error["trace_id"]
 
 
+async def test_publish_lone_surrogate_is_400_not_500(gateway: Callable[..., Any]) -> None:
+    """data with an unpaired surrogate escape is refused as not JSON (it was a 500 when the
+    event was encoded); a paired one is published as its one character."""
+    client = await gateway(**OPEN)
+    resp = await client.post("/v1/events/publish", data=rb'{"channel":"broadcast:s",'
+                             rb'"data":{"a":"\ud800"}}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "VALIDATION_ERROR" and "lone surrogate" in error["message"]
+    ws = await client.ws_connect("/v1/ws")
+    await ws.receive_json(timeout=5)
+    await ws.send_json({"type": "subscribe", "channel": "broadcast:s"})
+    await ws.receive_json(timeout=5)
+    resp = await client.post("/v1/events/publish", data=rb'{"channel":"broadcast:s",'
+                             rb'"data":{"a":"\ud83d\ude00"}}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    assert (await ws.receive_json(timeout=5))["data"] == {"a": "\U0001f600"}
+    await ws.close()
+
+
 async def test_publish_batch_in_order(gateway: Callable[..., Any], backend: str) -> None:
     """A batch is published in order; each result has its id and local delivery count."""
     client = await gateway(**OPEN)
