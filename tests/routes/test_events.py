@@ -287,7 +287,7 @@ async def test_publish_validation(gateway: Callable[..., Any]) -> None:
         ({"channel": 5, "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {}, "extra": 1}, 422),
         ({"channel": "broadcast:a", "data": {}, "event": "bad name\n"}, 422),
-        ({"channel": "nochannel", "data": {}}, 400),
+        ({"channel": "nochannel", "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {"x": "y" * 2000}}, 413),
         ({"events": []}, 422),
         ({"events": [{"channel": "broadcast:a", "data": {}}] * 101}, 422),
@@ -324,6 +324,26 @@ async def test_publish_lone_surrogate_is_400_not_500(gateway: Callable[..., Any]
     assert resp.status == 200
     assert (await ws.receive_json(timeout=5))["data"] == {"a": "\U0001f600"}
     await ws.close()
+
+
+async def test_publish_bad_channel_is_a_refused_field(gateway: Callable[..., Any]) -> None:
+    """A malformed channel name is 422 with details.fields naming it; in a batch, under the
+    item's index (nothing of the batch is published)."""
+    client = await gateway(**OPEN)
+    resp = await client.post("/v1/events/publish", json={"channel": "nochannel", "data": {}})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert list(error["details"]["fields"]) == ["channel"]
+    assert "not valid" in error["details"]["fields"]["channel"][0]
+    events = [{"channel": "broadcast:ok", "data": {"n": n}} for n in range(4)]
+    events[2]["channel"] = "broadcast:a b"
+    resp = await client.post("/v1/events/publish", json={"events": events})
+    assert resp.status == 422
+    fields = (await resp.json())["error"]["details"]["fields"]
+    assert list(fields) == ["events"] and list(fields["events"]) == ["2"]
+    assert list(fields["events"]["2"]) == ["channel"]
+    assert client.app[HUB].published == 0
 
 
 async def test_publish_batch_in_order(gateway: Callable[..., Any], backend: str) -> None:

@@ -22,16 +22,24 @@ Policy = Literal["coalesce", "drop_oldest", "disconnect"]
 PUBLISH_SCOPE = "events:publish"
 
 
+CHANNEL_EXPECTED = ("user:<id>, session:<id> or broadcast:<name>; "
+                    f"[A-Za-z0-9_.@-] segments, at most {MAX_CHANNEL_LENGTH} chars")
+
+
+def is_channel_name(name: str) -> bool:
+    """True when ``name`` is a well-formed channel name."""
+    return 0 < len(name) <= MAX_CHANNEL_LENGTH and _CHANNEL.fullmatch(name) is not None
+
+
 def validate_channel(name: object) -> str:
-    """The channel name if well formed; 400 VALIDATION_ERROR otherwise."""
+    """The channel name if well formed; 400 VALIDATION_ERROR otherwise (subscribe paths;
+    publishing checks names in its schema, 422)."""
     if not isinstance(name, str) or not name:
         raise ValidationFailed("channel must be a non-empty string")
-    if len(name) > MAX_CHANNEL_LENGTH or not _CHANNEL.fullmatch(name):
+    if not is_channel_name(name):
         raise ValidationFailed(
             "channel name is not valid",
-            details={"channel": name[:MAX_CHANNEL_LENGTH],
-                     "expected": "user:<id>, session:<id> or broadcast:<name>; "
-                                 f"[A-Za-z0-9_.@-] segments, at most {MAX_CHANNEL_LENGTH} chars"})
+            details={"channel": name[:MAX_CHANNEL_LENGTH], "expected": CHANNEL_EXPECTED})
     return name
 
 
