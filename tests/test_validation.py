@@ -69,6 +69,28 @@ async def test_malformed_bodies_are_400(aiohttp_client: Callable[..., Any],
     assert (await resp.json())["error"]["details"] == {"line": 1, "column": 13}
 
 
+async def test_lone_surrogate_escapes_are_400_and_pairs_are_text(
+        aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings]) -> None:
+    """A string (value or key) with an unpaired \\ud800-\\udfff escape cannot be UTF-8: 400
+    VALIDATION_ERROR, never a 500 later; a proper pair is one character and passes."""
+    client = await start(aiohttp_client, make_settings())
+    for body in (rb'{"message": "\ud800"}', rb'{"message": "a\uDFFFb"}',
+                 rb'{"message": "hi", "x": [{"\udc00": 1}]}',
+                 rb'{"message": "\ude00\ud83d"}'):
+        resp = await client.post("/test/echo", data=body,
+                                 headers={"Content-Type": "application/json"})
+        assert resp.status == 400, body
+        error = (await resp.json())["error"]
+        assert error["code"] == "VALIDATION_ERROR"
+        assert error["message"].startswith("request body is not valid JSON: lone surrogate")
+    for body, message in ((rb'{"message": "\ud83d\ude00"}', "\U0001f600"),
+                          (rb'{"message": "\\ud800"}', "\\ud800")):  # an escaped backslash
+        resp = await client.post("/test/echo", data=body,
+                                 headers={"Content-Type": "application/json"})
+        assert resp.status == 200, body
+        assert (await resp.json())["message"] == message
+
+
 async def test_schema_failures_are_422_with_fields(aiohttp_client: Callable[..., Any],
                                                    make_settings: Callable[..., Settings]
                                                    ) -> None:

@@ -3,7 +3,8 @@
 Handlers call ``await read_json(request, MySchema)``; every failure is a ``ValidationFailed``
 the error middleware renders in the one error shape:
 
-- body not JSON / not UTF-8 / empty / not an object -> 400 ``VALIDATION_ERROR``
+- body not JSON / not UTF-8 / empty / not an object, or a string with a lone surrogate
+  escape -> 400 ``VALIDATION_ERROR``
 - JSON that the schema refuses (missing/unknown fields, wrong types) -> 422 ``VALIDATION_ERROR``
   with ``details.fields`` = marshmallow's messages (at most ``MAX_FIELD_ERRORS`` entries)
 - body over ``client_max_size`` / ``max_bytes`` -> 413 ``PAYLOAD_TOO_LARGE``
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +65,43 @@ def strict_json(text: str | bytes) -> Any:
     return _STRICT.decode(text if isinstance(text, str) else text.decode())
 
 
+# A JSON escape of a UTF-16 surrogate half (\ud800-\udfff). A pair decodes to one
+# character; a lone half decodes to a str that cannot be encoded as UTF-8, so every answer,
+# forward or fan-out of it would fail. Only a body that has such an escape is walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in any string (key or value) of ``value``, if any."""
+    stack = [value]  # iterative: a value nested as deep as the decoder allows is fine
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found is not None:
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def client_json(text: str) -> Any:
+    """``strict_json`` for what clients send (bodies, WebSocket messages): a string with a
+    lone surrogate escape (``"\\ud800"``) is refused too (ValueError).
+    """
+    value = strict_json(text)
+    if _SURROGATE_ESCAPE.search(text):
+        found = _lone_surrogate(value)
+        if found is not None:
+            raise ValueError(f"lone surrogate \\u{ord(found):04x} in a string "
+                             "(UTF-16 halves must come in pairs)")
+    return value
+
+
 def parse_json(raw: bytes | str) -> Any:
     """Decode a JSON document; 400 VALIDATION_ERROR (with line/column) when it is not one."""
     if isinstance(raw, bytes):
@@ -73,11 +112,11 @@ def parse_json(raw: bytes | str) -> Any:
     if not raw.strip():
         raise ValidationFailed("request body is empty; expected a JSON object")
     try:
-        return strict_json(raw)
+        return client_json(raw)
     except json.JSONDecodeError as exc:
         raise ValidationFailed("request body is not valid JSON",
                                details={"line": exc.lineno, "column": exc.colno}) from None
-    except ValueError as exc:  # NaN, Infinity
+    except ValueError as exc:  # NaN, Infinity, a lone surrogate
         raise ValidationFailed(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ValidationFailed("request body nests too deeply") from None

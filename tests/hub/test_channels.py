@@ -56,6 +56,28 @@ def test_subscribe_rules() -> None:
     assert subscribe_refusal(_who("ops", "events:subscribe:*"), "user:bob", settings) is None
 
 
+@pytest.mark.parametrize(("subject", "channel", "allowed"), [
+    ("john", "session:john", True),
+    ("john", "session:john.1", True),
+    ("john", "session:john.42:notes", True),
+    ("john", "session:john.smith", False),
+    ("john", "session:john.smith.1", False),
+    ("john", "session:john.", False),
+    ("john", "session:john.1a", False),
+    ("john", "session:john.\u0661", False),  # a non-ascii digit is not a session number
+    ("john", "session:john.1.2", False),
+    ("john.smith", "session:john.smith", True),
+    ("john.smith", "session:john.smith.1", True),
+    ("john.smith", "session:john", False),
+    ("", "session:.1", False),
+])
+def test_owner_sessions_are_the_subject_or_subject_dot_number(subject: str, channel: str,
+                                                              allowed: bool) -> None:
+    """session:<sub> and session:<sub>.<n> only: no other subject's dotted sessions."""
+    refusal = subscribe_refusal(_who(subject), channel, HubSettings(session_subscribe="owner"))
+    assert (refusal is None) is allowed
+
+
 def test_publish_needs_scope() -> None:
     """Publishing needs events:publish exactly (or an explicitly granted wildcard)."""
     assert isinstance(publish_refusal(_who("a", "events:publisher")), InsufficientScope)

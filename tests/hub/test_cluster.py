@@ -170,3 +170,35 @@ async def test_frozen_redis_is_noticed_and_recovered(gateway: Callable[..., Any]
         assert got[-1] == (after, 2)
     for ws in (on_a, on_b):
         await ws.close()
+
+
+async def test_publish_delivered_locally_during_a_freeze_gaps_every_process(
+        gateway: Callable[..., Any], redis_url: str, redis_server: RedisServer) -> None:
+    """Redis frozen for less than the listeners' liveness (nobody reconnects): publishes on
+    one app reach only its own subscribers; once Redis answers, subscribers of that channel
+    on every app get gap broker_reconnected (events were lost for the other app's)."""
+    a, b = await _pair(gateway, redis_url, hub={"redis_liveness_s": 60})
+    channel, other = "broadcast:local-only", "broadcast:untouched"
+    on_a, on_b = await _ws(a, channel), await _ws(b, channel)
+    bystander = await _ws(b, other)
+    redis_server.pause()
+    try:
+        async with asyncio.timeout(5):
+            first = await _publish(a, channel, 1)  # sent, applied only when Redis thaws
+            second = await _publish(a, channel, 2)  # never reaches Redis
+        assert await _ws_events(on_a, 2) == [(first, 1), (second, 2)]
+    finally:
+        redis_server.resume()
+    assert _hub(a).broker.connected and _hub(b).broker.connected  # no reconnect
+    gap = {"type": "gap", "channel": channel, "reason": "broker_reconnected"}
+    for ws in (on_a, on_b):
+        async with asyncio.timeout(10):
+            while (message := await ws.receive_json()) != gap:
+                # Only the publish Redis had already read may still arrive (with its id).
+                assert message["type"] == "event" and message["data"] == {"n": 1}, message
+    # Only the channel that lost events is told.
+    after = await _publish(b, other, 3)
+    assert await bystander.receive_json(timeout=5) == {
+        "type": "event", "channel": other, "id": after, "data": {"n": 3}}
+    for ws in (on_a, on_b, bystander):
+        await ws.close()

@@ -146,3 +146,94 @@ async def test_slow_sse_stream_is_disconnected_with_a_final_error(
     assert b"event: error" in seen and b"SLOW_CONSUMER" in seen
     assert seen.endswith(b"\r\n0\r\n\r\n")
     writer.close()
+
+
+async def test_reply_to_a_backlogged_socket_drops_old_events_not_the_socket(
+        gateway: Callable[..., Any]) -> None:
+    """A ping (any reply) to a socket whose queue is full of droppable events takes the
+    place of the oldest of them: the socket stays open and gets a gap, then the pong."""
+    client = await gateway(auth={"enabled": False},
+                           hub={"slow_consumer_policy": "drop_oldest", "queue_max_messages": 10,
+                                "queue_max_bytes": 10_000_000})
+    hub = _hub(client)
+    reader, writer = await stalled_ws(client.host, client.port)
+    writer.write(ws_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
+    await writer.drain()
+    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
+    stalled = next(iter(hub.connections.values()))
+    stalled.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    pad = "x" * 400
+    for start in range(0, EVENTS, 50):
+        resp = await client.post("/v1/events/publish", json={"events": [
+            {"channel": CHANNEL, "data": {"n": n, "pad": pad}} for n in range(start, start + 50)]})
+        assert resp.status == 200
+    assert stalled.queue_depth == 10  # full by count: the reply needs a slot of its own
+    writer.write(ws_client_frame(json.dumps({"type": "ping", "id": "p1"}).encode()))
+    await writer.drain()
+    await wait_until(lambda: stalled.closed or (stalled._queue is not None
+                                                and stalled._queue[-1][0] is None))
+    assert not stalled.closed and len(hub.connections) == 1
+    assert hub.slow_actions["disconnect"] == 0
+    resume_reading(writer)
+    seen = await _drain_raw(reader, b'"type":"pong"')
+    assert b'{"type":"pong","id":"p1"}' in seen and b"SLOW_CONSUMER" not in seen
+    assert b'"type":"gap"' in seen
+    # The newest events were kept, and came before the pong.
+    assert seen.index(b'"n":%d,' % (EVENTS - 1)) < seen.index(b'"type":"pong"')
+    writer.close()
+
+
+async def _backlogged_ws(gateway: Callable[..., Any]
+                         ) -> tuple[Hub, Any, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WS peer with a deep backlog (nothing dropped) whose heartbeat the test drives."""
+    # No timed pings: the test calls hub.sweep(ping=True) itself, so ticks are not raced.
+    client = await gateway(auth={"enabled": False},
+                           hub={"slow_consumer_policy": "drop_oldest", "ws_heartbeat_s": 3600,
+                                "queue_max_messages": 1000, "queue_max_bytes": 8_000_000})
+    hub = _hub(client)
+    reader, writer = await stalled_ws(client.host, client.port)
+    writer.write(ws_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
+    await writer.drain()
+    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
+    sub = next(iter(hub.connections.values()))
+    sub.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    pad = "x" * 4000
+    for start in range(0, 600, 50):
+        resp = await client.post("/v1/events/publish", json={"events": [
+            {"channel": CHANNEL, "data": {"n": n, "pad": pad}} for n in range(start, start + 50)]})
+        assert resp.status == 200
+    assert sub.queue_depth > 300 and not sub.closed
+    return hub, sub, reader, writer
+
+
+async def test_backlogged_peer_that_stopped_reading_is_dropped_by_the_heartbeat(
+        gateway: Callable[..., Any]) -> None:
+    """A peer that neither reads its backlog nor sends anything for a whole heartbeat
+    interval is dropped like one that missed its pong (it held a full queue forever)."""
+    hub, sub, _, writer = await _backlogged_ws(gateway)
+    for _ in range(5):  # the first tick may still see frames the kernel took late
+        hub.sweep(ping=True)
+        if sub.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert sub.closed and not hub.connections
+    assert sub.transport.is_closing()
+    writer.close()
+
+
+async def test_backlogged_peer_that_still_reads_is_kept(gateway: Callable[..., Any]) -> None:
+    """A slow peer that sends nothing but keeps taking its backlog is slow, not dead."""
+    hub, sub, reader, writer = await _backlogged_ws(gateway)
+    resume_reading(writer)
+    for _ in range(4):
+        async with asyncio.timeout(5):
+            while not sub._drained:  # read until the gateway could send it a little more
+                assert await reader.read(4096)
+        hub.sweep(ping=True)
+        assert not sub.closed
+        assert sub.queue_depth > 0  # still backlogged: no ping was sent to answer
+    assert sub.awaiting_pong
+    writer.close()

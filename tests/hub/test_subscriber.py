@@ -130,6 +130,49 @@ async def test_coalesce_keeps_newest_per_channel(cleanup: list[Stalled]) -> None
     assert stalled.hub.slow_actions["coalesce"] > 0
 
 
+@pytest.mark.parametrize("policy", ["drop_oldest", "coalesce"])
+async def test_reply_on_a_full_queue_drops_the_oldest_droppable_event(
+        cleanup: list[Stalled], policy: str) -> None:
+    """A frame of no channel makes room by dropping the oldest event of a channel that may
+    lose some (gap noted), never one of a disconnect channel; the reply is queued last."""
+    stalled = await _stalled(queue_max_messages=10, queue_max_bytes=10_000_000,
+                             channel_policies={"broadcast:a": "disconnect",
+                                               "broadcast:b": policy})
+    cleanup.append(stalled)
+    sub = stalled.sub
+    # Fill the kernel buffers and the transport: whatever comes next is queued.
+    n = 0
+    while sub._queue is None:
+        stalled.hub.deliver(_event("broadcast:a", n))
+        n += 1
+    await _fill(stalled, [_event("broadcast:a" if k % 2 else "broadcast:b", n + k)
+                          for k in range(10 - sub.queue_depth)])
+    assert sub.queue_depth == 10
+    oldest_b = next(item for item in sub._queue or () if item[0] == "broadcast:b")
+    sub.push_frame(b"reply")
+    assert not sub.closed and sub.queue_depth == 10
+    queue = list(sub._queue or ())
+    assert queue[-1] == (None, "", b"reply") and oldest_b not in queue
+    assert [item for item in queue if item[0] == "broadcast:a"]  # spared
+    assert sub._gaps == {"broadcast:b": oldest_b[1]}
+
+
+async def test_reply_on_a_queue_of_disconnect_events_closes(cleanup: list[Stalled]) -> None:
+    """With only events of disconnect channels queued, there is nothing to drop: SLOW_CONSUMER."""
+    stalled = await _stalled(queue_max_messages=10, queue_max_bytes=10_000_000,
+                             slow_consumer_policy="disconnect")
+    cleanup.append(stalled)
+    sub = stalled.sub
+    n = 0
+    while sub._queue is None:
+        stalled.hub.deliver(_event("broadcast:a", n))
+        n += 1
+    await _fill(stalled, [_event("broadcast:a", n + k) for k in range(10 - sub.queue_depth)])
+    assert sub.queue_depth == 10 and not sub.closed
+    sub.push_frame(b"reply")
+    assert sub.closed and stalled.hub.slow_actions["disconnect"] == 1
+
+
 async def test_disconnect_policy_closes_with_slow_consumer(cleanup: list[Stalled]) -> None:
     """The disconnect policy forgets the connection and ends with SLOW_CONSUMER + close."""
     stalled = await _stalled(queue_max_messages=10, slow_consumer_policy="disconnect")

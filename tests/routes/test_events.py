@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +13,8 @@ from aiohttp.test_utils import TestClient
 
 from luki_gateway.hub.hub import HUB
 
-from ..hub.streams import SseReader, wait_until
+from ..conftest import bearer
+from ..hub.streams import SseReader, resume_reading, stalled_sse, stop_reading, wait_until
 
 OPEN = {"auth": {"enabled": False}}
 
@@ -131,9 +134,12 @@ async def test_sse_gap_and_reset_notices(gateway: Callable[..., Any]) -> None:
     reader = SseReader(resp)
     gap = await reader.next()
     assert gap.event == "gap" and gap.json() == {"channel": "broadcast:g", "last_id": ids[0]}
-    # Every event has an id (a gap keeps the client where it was) and the first the hint.
-    assert gap.id == ids[0] and reader.retry is not None
-    assert [e.json()["data"]["n"] for e in await reader.take(3)] == [5, 6, 7]
+    # No id on a gap: the client's last id stays the last event it received (here the one
+    # it resumed from); the hint rides on it as the first block.
+    assert "id" not in gap.fields and reader.retry is not None
+    rest = await reader.take(3)
+    assert [e.json()["data"]["n"] for e in rest] == [5, 6, 7]
+    assert [e.id for e in rest] == ids[5:]
     resp.close()
     for params in ({"channel": "broadcast:never"},
                    [("channel", "broadcast:never"), ("channel", "broadcast:g")]):
@@ -149,6 +155,64 @@ async def test_sse_gap_and_reset_notices(gateway: Callable[..., Any]) -> None:
         resp.close()
 
 
+async def _sse_blocks_until(reader: asyncio.StreamReader,
+                            stop: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:
+    """Blocks (field -> value, comments skipped) of a raw chunked SSE body, up to ``stop``."""
+    pending = b""
+    blocks: list[dict[str, str]] = []
+    async with asyncio.timeout(10):
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            assert size, "stream ended"
+            pending += (await reader.readexactly(size + 2))[:-2]
+            while b"\n\n" in pending:
+                raw, pending = pending.split(b"\n\n", 1)
+                fields = dict(line.partition(": ")[::2] for line in raw.decode().split("\n")
+                              if line and not line.startswith(":"))
+                if fields:
+                    blocks.append(fields)
+                    if stop(fields):
+                        return blocks
+
+
+async def test_sse_live_gap_then_reconnect_with_last_event_id_has_no_duplicates(
+        gateway: Callable[..., Any], backend: str) -> None:
+    """A stalled one-channel stream loses its oldest events (drop_oldest) and gets a gap;
+    an EventSource that reconnects right after it, with the last id it holds, gets exactly
+    the events it has not seen: none twice, none missing."""
+    channel, total = "broadcast:live-gap", 300
+    client = await gateway(hub={"slow_consumer_policy": "drop_oldest", "history_size": 1000,
+                                "queue_max_messages": 20}, **OPEN)
+    hub = client.app[HUB]
+    reader, writer = await stalled_sse(client.host, client.port, f"/v1/events?channel={channel}")
+    await wait_until(lambda: hub.local_count(channel) == 1)
+    stream = next(iter(hub.connections.values()))
+    stream.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    pad = "x" * 400
+    ids: list[str] = []
+    for start in range(0, total, 50):
+        resp = await client.post("/v1/events/publish", json={"events": [
+            {"channel": channel, "data": {"n": n, "pad": pad}} for n in range(start, start + 50)]})
+        assert resp.status == 200
+        ids += [r["id"] for r in (await resp.json())["results"]]
+    assert hub.slow_actions["drop_oldest"] >= 1
+    resume_reading(writer)
+    blocks = await _sse_blocks_until(reader, lambda block: block.get("event") == "gap")
+    writer.close()
+    seen = [json.loads(b["data"])["id"] for b in blocks if "event" not in b]
+    assert len(seen) >= 2 and seen == ids[:len(seen)]
+    # What an EventSource holds: the last id field it was given.
+    last_id = next(b["id"] for b in reversed(blocks) if "id" in b)
+    resp = await client.get("/v1/events", params={"channel": channel},
+                            headers={"Last-Event-ID": last_id})
+    replayed = [e.id for e in await SseReader(resp).take(total - len(seen))]
+    assert seen + replayed == ids
+    assert "id" not in blocks[-1] and last_id == seen[-1]
+    resp.close()
+
+
 async def test_sse_refusals_before_streaming(gateway: Callable[..., Any]) -> None:
     """Missing/bad channels and bad ids are JSON errors, never a started stream."""
     client = await gateway(**OPEN)
@@ -159,6 +223,31 @@ async def test_sse_refusals_before_streaming(gateway: Callable[..., Any]) -> Non
         assert resp.status == code, params
         assert resp.headers["Content-Type"].startswith("application/json")
         assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_owner_session_channels_of_a_longer_subject_are_refused(
+        gateway: Callable[..., Any]) -> None:
+    """Subject john may not read john.smith's sessions, on SSE (403) nor WebSocket (error)."""
+    client = await gateway(hub={"session_subscribe": "owner"})
+    john = bearer("john", ())
+    for channel in ("session:john.smith", "session:john.smith.1"):
+        resp = await client.get("/v1/events", params={"channel": channel}, headers=john)
+        assert resp.status == 403, channel
+        assert (await resp.json())["error"]["code"] == "FORBIDDEN"
+    ws = await client.ws_connect("/v1/ws", headers=john)
+    await ws.receive_json(timeout=5)
+    for channel in ("session:john.smith", "session:john.smith.1"):
+        await ws.send_json({"type": "subscribe", "channel": channel})
+        message = await ws.receive_json(timeout=5)
+        assert message["type"] == "error", channel
+        assert message["error"]["code"] == "FORBIDDEN"
+    # john's own numbered session still works on both.
+    await ws.send_json({"type": "subscribe", "channel": "session:john.1"})
+    assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
+    await ws.close()
+    resp = await client.get("/v1/events", params={"channel": "session:john.1"}, headers=john)
+    assert resp.status == 200
+    resp.close()
 
 
 async def test_sse_needs_credentials_when_auth_is_on(gateway: Callable[..., Any]) -> None:
@@ -198,7 +287,7 @@ async def test_publish_validation(gateway: Callable[..., Any]) -> None:
         ({"channel": 5, "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {}, "extra": 1}, 422),
         ({"channel": "broadcast:a", "data": {}, "event": "bad name\n"}, 422),
-        ({"channel": "nochannel", "data": {}}, 400),
+        ({"channel": "nochannel", "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {"x": "y" * 2000}}, 413),
         ({"events": []}, 422),
         ({"events": [{"channel": "broadcast:a", "data": {}}] * 101}, 422),
@@ -213,6 +302,48 @@ async def test_publish_validation(gateway: Callable[..., Any]) -> None:
         error = (await resp.json())["error"]
         assert error["code"] in ("VALIDATION_ERROR", "PAYLOAD_TOO_LARGE")
         assert error["trace_id"]
+
+
+async def test_publish_lone_surrogate_is_400_not_500(gateway: Callable[..., Any]) -> None:
+    """data with an unpaired surrogate escape is refused as not JSON (it was a 500 when the
+    event was encoded); a paired one is published as its one character."""
+    client = await gateway(**OPEN)
+    resp = await client.post("/v1/events/publish", data=rb'{"channel":"broadcast:s",'
+                             rb'"data":{"a":"\ud800"}}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "VALIDATION_ERROR" and "lone surrogate" in error["message"]
+    ws = await client.ws_connect("/v1/ws")
+    await ws.receive_json(timeout=5)
+    await ws.send_json({"type": "subscribe", "channel": "broadcast:s"})
+    await ws.receive_json(timeout=5)
+    resp = await client.post("/v1/events/publish", data=rb'{"channel":"broadcast:s",'
+                             rb'"data":{"a":"\ud83d\ude00"}}',
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    assert (await ws.receive_json(timeout=5))["data"] == {"a": "\U0001f600"}
+    await ws.close()
+
+
+async def test_publish_bad_channel_is_a_refused_field(gateway: Callable[..., Any]) -> None:
+    """A malformed channel name is 422 with details.fields naming it; in a batch, under the
+    item's index (nothing of the batch is published)."""
+    client = await gateway(**OPEN)
+    resp = await client.post("/v1/events/publish", json={"channel": "nochannel", "data": {}})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert list(error["details"]["fields"]) == ["channel"]
+    assert "not valid" in error["details"]["fields"]["channel"][0]
+    events = [{"channel": "broadcast:ok", "data": {"n": n}} for n in range(4)]
+    events[2]["channel"] = "broadcast:a b"
+    resp = await client.post("/v1/events/publish", json={"events": events})
+    assert resp.status == 422
+    fields = (await resp.json())["error"]["details"]["fields"]
+    assert list(fields) == ["events"] and list(fields["events"]) == ["2"]
+    assert list(fields["events"]["2"]) == ["channel"]
+    assert client.app[HUB].published == 0
 
 
 async def test_publish_batch_in_order(gateway: Callable[..., Any], backend: str) -> None:

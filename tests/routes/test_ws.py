@@ -86,6 +86,19 @@ async def test_malformed_input_answers_errors_and_keeps_socket(gateway: Callable
     await ws.close()
 
 
+async def test_lone_surrogate_message_is_malformed(gateway: Callable[..., Any]) -> None:
+    """A message with an unpaired surrogate escape is VALIDATION_ERROR (not JSON a reply can
+    be made of); the socket stays open and a paired one is fine."""
+    client = await gateway(**OPEN)
+    ws = await _connect(client)
+    await ws.send_str('{"type":"ping","id":"\\ud800"}')
+    message = await ws.receive_json(timeout=5)
+    assert message["type"] == "error" and message["error"]["code"] == "VALIDATION_ERROR"
+    await ws.send_str('{"type":"ping","id":"\\ud83d\\ude00"}')
+    assert await ws.receive_json(timeout=5) == {"type": "pong", "id": "\U0001f600"}
+    await ws.close()
+
+
 async def test_too_many_malformed_messages_close_1008(gateway: Callable[..., Any]) -> None:
     """Past the malformed budget the socket is closed with 1008."""
     client = await gateway(hub={"ws_max_malformed": 3}, **OPEN)

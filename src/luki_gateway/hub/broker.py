@@ -6,6 +6,9 @@ one pattern subscription (``<prefix>ch:*``), never one per client. When Redis is
 listener reconnects with backoff; meanwhile local publishes still reach local subscribers, and
 after the reconnect subscribers get a ``gap`` notice (events published elsewhere during the
 outage never reached Redis) and every locally watched channel is caught up from history.
+A publish that fails on Redis while the listeners stay connected (a short freeze, one timed
+out call) is announced once Redis answers again: every process then sends the subscribers of
+those channels the same ``gap``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ BACKOFF_MAX_S = 2.0
 LIVENESS_S = 5.0
 CLOSE_WAIT_S = 1.0
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+# Pub/sub channel (under ``<prefix>ch:``) of "these channels had events that reached one
+# process only": not a valid channel name, so no client can publish or subscribe to it.
+LOCAL_ONLY_CHANNEL = "!local-only"
+# Past this many channels in one announcement it names none: every channel gets the gap.
+LOCAL_ONLY_MAX = 1000
 
 
 class Broker(Protocol):
@@ -95,12 +103,16 @@ class RedisBroker:
         self.liveness_s = liveness_s
         self._task: asyncio.Task[None] | None = None
         self._ids = IdClock()  # ids for events published locally while Redis is down
+        # Channels of events that reached only this process, until announced to all.
+        self._local_only: set[str] | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self.connected = False
         self.reconnects = 0
         self._subscribed = asyncio.Event()
 
     async def publish(self, channel: str, name: str | None, data: str) -> Event:
-        """Through Redis (our own listener delivers it here too); local only when down."""
+        """Through Redis (our own listener delivers it here too); when Redis fails, here only
+        (and the channel is announced once Redis answers, see ``_announce``)."""
         try:
             return await self.history.append(channel, name, data)
         except _REDIS_FAILURES as exc:
@@ -108,7 +120,39 @@ class RedisBroker:
                         error=type(exc).__name__)
         event = Event(channel, format_id(self._ids.next()), name, data)
         self.hub.deliver(event)
+        self._note_local_only(channel)
         return event
+
+    def _note_local_only(self, channel: str) -> None:
+        """Remember that ``channel`` had an event the other processes never got; the
+        announcer tells them (and this process's listener) once Redis answers again."""
+        found = self._local_only
+        if found is None:
+            found = self._local_only = set()
+        if len(found) < LOCAL_ONLY_MAX:
+            found.add(channel)
+        if self._announcer is None:
+            self._announcer = asyncio.get_running_loop().create_task(self._announce())
+
+    async def _announce(self) -> None:
+        """Publish the local-only channels on ``LOCAL_ONLY_CHANNEL`` (retried with backoff);
+        runs until none are left, so every local-only event is announced after it happened."""
+        backoff = BACKOFF_FIRST_S
+        try:
+            while self._local_only:
+                await self._sleep(backoff)
+                channels, self._local_only = self._local_only, None
+                payload = "" if len(channels) >= LOCAL_ONLY_MAX else "\n".join(channels)
+                try:
+                    await self.history.client.publish(
+                        self.history.pubsub_key(LOCAL_ONLY_CHANNEL), payload)
+                    backoff = BACKOFF_FIRST_S
+                except _REDIS_FAILURES:
+                    for channel in channels:  # again next time, with any newer ones
+                        self._note_local_only(channel)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            self._announcer = None
 
     async def recover(self, channel: str, last_id: str) -> Recovery:
         """From the Redis Stream; a Redis failure is reported as a gap (events may be lost)."""
@@ -125,10 +169,12 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Stop the listener (bounded: a frozen Redis cannot hold up shutdown)."""
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = {task for task in (self._task, self._announcer) if task is not None}
+        self._task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.wait({task}, timeout=CLOSE_WAIT_S)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
 
     async def _listen(self) -> None:
         backoff = BACKOFF_FIRST_S
@@ -169,6 +215,7 @@ class RedisBroker:
     async def _relay(self, pubsub: PubSub) -> None:
         """Deliver pattern messages; a silent link is probed with PING and dropped if dead."""
         strip = len(self.history.prefix) + 3
+        local_only = self.history.pubsub_key(LOCAL_ONLY_CHANNEL).encode()
         probe_after = self.liveness_s
         loop = asyncio.get_running_loop()
         heard = loop.time()
@@ -178,9 +225,14 @@ class RedisBroker:
             now = loop.time()
             if message is not None:
                 heard, probed = now, None
-                if message["type"] == "pmessage":
-                    channel = message["channel"][strip:].decode()
-                    self.hub.deliver_once(Event.from_wire(channel, message["data"]))
+                if message["type"] != "pmessage":
+                    continue
+                if message["channel"] == local_only:
+                    names = message["data"].decode()
+                    self.hub.notify_outage(names.split("\n") if names else None)
+                    continue
+                channel = message["channel"][strip:].decode()
+                self.hub.deliver_once(Event.from_wire(channel, message["data"]))
                 continue
             if probed is not None and now - probed > self.liveness_s:
                 raise TimeoutError("redis did not answer PING on the pub/sub link")

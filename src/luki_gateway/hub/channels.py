@@ -22,16 +22,24 @@ Policy = Literal["coalesce", "drop_oldest", "disconnect"]
 PUBLISH_SCOPE = "events:publish"
 
 
+CHANNEL_EXPECTED = ("user:<id>, session:<id> or broadcast:<name>; "
+                    f"[A-Za-z0-9_.@-] segments, at most {MAX_CHANNEL_LENGTH} chars")
+
+
+def is_channel_name(name: str) -> bool:
+    """True when ``name`` is a well-formed channel name."""
+    return 0 < len(name) <= MAX_CHANNEL_LENGTH and _CHANNEL.fullmatch(name) is not None
+
+
 def validate_channel(name: object) -> str:
-    """The channel name if well formed; 400 VALIDATION_ERROR otherwise."""
+    """The channel name if well formed; 400 VALIDATION_ERROR otherwise (subscribe paths;
+    publishing checks names in its schema, 422)."""
     if not isinstance(name, str) or not name:
         raise ValidationFailed("channel must be a non-empty string")
-    if len(name) > MAX_CHANNEL_LENGTH or not _CHANNEL.fullmatch(name):
+    if not is_channel_name(name):
         raise ValidationFailed(
             "channel name is not valid",
-            details={"channel": name[:MAX_CHANNEL_LENGTH],
-                     "expected": "user:<id>, session:<id> or broadcast:<name>; "
-                                 f"[A-Za-z0-9_.@-] segments, at most {MAX_CHANNEL_LENGTH} chars"})
+            details={"channel": name[:MAX_CHANNEL_LENGTH], "expected": CHANNEL_EXPECTED})
     return name
 
 
@@ -52,12 +60,23 @@ def subscribe_refusal(principal: Principal, channel: str,
         mode = settings.session_subscribe
         if mode == "any":
             return None
-        # "owner": session ids are issued as <subject> or <subject>.<n> by the chat relay.
-        owner = rest.split(":", 1)[0]
-        if mode == "owner" and (owner == principal.subject
-                                or owner.startswith(principal.subject + ".")):
+        if mode == "owner" and _owns_session(principal.subject, rest.split(":", 1)[0]):
             return None
     return Forbidden("not allowed to subscribe to this channel", details={"channel": channel})
+
+
+def _owns_session(subject: str, session_id: str) -> bool:
+    """True when ``session_id`` is ``<subject>`` or ``<subject>.<n>`` (n ascii digits).
+
+    A bare prefix test would let ``john`` into ``john.smith``'s sessions: only a number may
+    follow the subject's own dot (subjects may contain dots themselves).
+    """
+    if not subject:
+        return False
+    if session_id == subject:
+        return True
+    head, dot, tail = session_id.rpartition(".")
+    return bool(dot) and head == subject and tail.isascii() and tail.isdigit()
 
 
 def publish_refusal(principal: Principal) -> GatewayError | None:

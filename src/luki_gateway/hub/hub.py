@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -249,13 +249,19 @@ class Hub:
                 self._last[channel] = key
         return self.deliver(event)
 
-    def notify_outage(self) -> None:
-        """After a broker outage: tell every subscriber its channels may have missed events.
+    def notify_outage(self, channels: Iterable[str] | None = None) -> None:
+        """After a broker outage: tell subscribers their channels may have missed events.
 
         Events published on other processes while Redis was away never reached it; the
         ``gap`` notice lets clients reload state (what Redis did store is caught up next).
+        ``channels`` limits it to those (a publish that reached one process only).
         """
-        for channel, group in self._channels.items():
+        groups = self._channels
+        # A copy: a notice to a full queue may close its connection, which edits the dict.
+        for channel in list(groups) if channels is None else channels:
+            group = groups.get(channel)
+            if group is None:
+                continue
             notice = {"type": "gap", "channel": channel, "reason": "broker_reconnected"}
             for sub in (*group.ws, *group.sse):
                 sub.push_frame(sub.notice_frame(notice))

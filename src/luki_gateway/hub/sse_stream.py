@@ -92,18 +92,22 @@ class SseStream(Subscriber):
         return ",".join(f"{c}={i}" for c, i in self.channels.items() if i)
 
     def notice_frame(self, message: dict[str, Any]) -> bytes:
-        """``gap`` / ``reset`` as named SSE events, with the retry hint if first and the
-        stream's position as ``id:``. A reset clears its channel's part of the position
-        (an empty ``id:`` for one channel), so a reconnect does not ask for the lost id
-        again and get the same reset."""
-        channels = self.channels
-        channel = message.get("channel")
-        if message["type"] == "reset" and channel in channels:
-            channels[channel] = ""
-        if self.single:
-            position = channels.get(channel, "") if isinstance(channel, str) else ""
+        """``gap`` / ``reset`` as named SSE events, with the retry hint if first.
+
+        A ``gap`` has no ``id:`` line, so the client's last event id stays that of the last
+        event it actually received: the right place to resume from (a position taken when
+        the notice is made can be ahead of events still queued, and the one-channel chunk is
+        shared, so this stream does not track its position). A ``reset`` carries the
+        position without its channel (an empty ``id:`` for one channel), so a reconnect does
+        not ask for the lost id again and get the same reset."""
+        if message["type"] == "reset":
+            channels = self.channels
+            channel = message.get("channel")
+            if channel in channels:
+                channels[channel] = ""
+            position: str | None = "" if self.single else self._composite_id()
         else:
-            position = self._composite_id()
+            position = None
         retry, self._retry = self._retry, b""
         body = {k: v for k, v in message.items() if k != "type"}
         return self._frame(retry + sse_block(json.dumps(body, separators=(",", ":")),

@@ -53,8 +53,8 @@ def new_connection_id() -> str:
 class Subscriber:
     """One client connection as the hub sees it (transport-specific parts in subclasses)."""
 
-    __slots__ = ("_channels", "_close_callbacks", "_gaps", "_queue", "_queued_bytes", "_writer",
-                 "closed", "connection_id", "hub", "lease", "principal", "protocol",
+    __slots__ = ("_channels", "_close_callbacks", "_drained", "_gaps", "_queue", "_queued_bytes",
+                 "_writer", "closed", "connection_id", "hub", "lease", "principal", "protocol",
                  "transport")
 
     kind: Transport = "ws"
@@ -72,6 +72,9 @@ class Subscriber:
         self._channels: dict[str, str] | None = None
         self._queue: deque[tuple[str | None, str, bytes]] | None = None
         self._queued_bytes = 0
+        # The writer task took a frame from the queue since the WebSocket heartbeat last
+        # looked: a backlogged peer that still reads is alive even when it sends nothing.
+        self._drained = False
         self._writer: asyncio.Task[None] | None = None
         self._gaps: dict[str, str] | None = None
         self._close_callbacks: list[Callable[[], Awaitable[None]]] | None = None
@@ -177,10 +180,20 @@ class Subscriber:
                 and len(self._queue) + 1 <= limits.queue_max_messages)
 
     def _make_room(self, channel: str | None, size: int, policy: Policy) -> bool:
-        """Apply ``policy`` to a full queue; False when the connection was closed instead."""
+        """Apply ``policy`` to a full queue; False when the connection was closed instead.
+
+        A frame of no channel (a reply, a notice, a chat message) has no policy of its own:
+        it takes the place of the oldest queued events of channels that may lose some, and
+        closes the connection only when none of those are queued.
+        """
         queue = self._queue
         assert queue is not None
-        if channel is not None and policy == "coalesce":
+        if channel is None:
+            if self._drop_oldest(size, spare_disconnect=True):
+                self.hub.count_slow("drop_oldest")
+                if self._fits(size):
+                    return True
+        elif policy == "coalesce":
             kept = deque(item for item in queue if item[0] != channel)
             if len(kept) != len(queue):
                 self._queued_bytes = sum(len(item[2]) for item in kept)
@@ -191,27 +204,42 @@ class Subscriber:
             policy = "drop_oldest"
         if channel is not None and policy == "drop_oldest":
             self.hub.count_slow("drop_oldest")
-            limits = self.hub.settings
-            count = len(queue)
-            kept = deque()
-            for item in queue:
-                over = (self._queued_bytes + size > limits.queue_max_bytes
-                        or count + 1 > limits.queue_max_messages)
-                if over and item[0] is not None:
-                    self._queued_bytes -= len(item[2])
-                    count -= 1
-                    self._note_gap(item[0], item[1])
-                    continue
-                kept.append(item)
-            self._queue = queue = kept
+            self._drop_oldest(size, spare_disconnect=False)
             # Room cannot be made when only replies (no channel events) fill the queue.
             if self._fits(size):
                 return True
+        queue = self._queue
+        assert queue is not None
         self.hub.count_slow("disconnect")
         log.info("slow consumer disconnected", connection_id=self.connection_id,
                  transport=self.kind, queued=len(queue), queued_bytes=self._queued_bytes)
         self.close(error=SlowConsumer(), code=1008)
         return False
+
+    def _drop_oldest(self, size: int, *, spare_disconnect: bool) -> bool:
+        """Drop the oldest queued channel events until ``size`` more bytes fit (a gap is
+        noted for each channel that lost some); replies are kept. With ``spare_disconnect``
+        the events of ``disconnect`` channels are kept too. True when any was dropped."""
+        queue = self._queue
+        assert queue is not None
+        limits = self.hub.settings
+        count = len(queue)
+        dropped = False
+        kept: deque[tuple[str | None, str, bytes]] = deque()
+        for item in queue:
+            name = item[0]
+            over = (self._queued_bytes + size > limits.queue_max_bytes
+                    or count + 1 > limits.queue_max_messages)
+            if (over and name is not None
+                    and not (spare_disconnect and self.hub.policy(name) == "disconnect")):
+                self._queued_bytes -= len(item[2])
+                count -= 1
+                self._note_gap(name, item[1])
+                dropped = True
+                continue
+            kept.append(item)
+        self._queue = kept
+        return dropped
 
     def _note_gap(self, channel: str, event_id: str) -> None:
         gaps = self._gaps
@@ -240,6 +268,7 @@ class Subscriber:
                 _, _, frame = queue.popleft()
                 self._queued_bytes -= len(frame)
                 self.transport.write(frame)
+                self._drained = True
         except (ConnectionError, RuntimeError):
             self.close()
         finally:

@@ -62,18 +62,23 @@ class WsSubscriber(Subscriber):
         return head + close_frame(code)
 
     def heartbeat(self) -> None:
-        """Ping; a peer that did not answer (or send anything) since the last ping is dead."""
-        if self._queue is not None:
-            # Backlogged: a ping would queue behind the backlog (and count against it);
-            # the slow-consumer policy, not the heartbeat, deals with this peer.
-            return
-        if self.awaiting_pong:
+        """Ping; a peer that sent nothing and took none of its backlog since the last tick is
+        dead (closed and aborted).
+
+        A backlogged peer gets no ping (it would queue behind the backlog and count against
+        it), but the same rule applies: one that stopped reading would otherwise hold a full
+        queue forever, while one that still drains its backlog is slow, not dead.
+        """
+        drained, self._drained = self._drained, False
+        if self.awaiting_pong and not drained:
             transport = self.transport
             self.close()
             transport.abort()
             return
+        # Cleared by the handler on any message from the peer (a pong included).
         self.awaiting_pong = True
-        self.push_frame(_PING)
+        if self._queue is None:
+            self.push_frame(_PING)
 
     def send_json(self, message: Mapping[str, Any]) -> None:
         """Enqueue one JSON message (never blocks, silently dropped once closed)."""

@@ -11,7 +11,13 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from ..auth.principal import ANONYMOUS, PRINCIPAL, Principal
 from ..errors import PayloadTooLarge, Unauthenticated, ValidationFailed
-from ..hub.channels import publish_refusal, subscribe_refusal, validate_channel
+from ..hub.channels import (
+    CHANNEL_EXPECTED,
+    is_channel_name,
+    publish_refusal,
+    subscribe_refusal,
+    validate_channel,
+)
 from ..hub.hub import HUB, close_streams
 from ..hub.sse_stream import SseStream, parse_last_event_id
 from ..ratelimit.leases import LEASES, Lease
@@ -43,10 +49,17 @@ def _json_object(value: Any) -> None:
         raise ValidationError("data must be a JSON object")
 
 
+def _channel_name(value: str) -> None:
+    # In the schema, so a bad name is a refused field (422, details.fields; in a batch
+    # under the item's index) like every other one.
+    if not is_channel_name(value):
+        raise ValidationError(f"channel name is not valid; expected {CHANNEL_EXPECTED}")
+
+
 class PublishSchema(Schema):
     """One event to publish: ``{channel, event?, data}``."""
 
-    channel = fields.String(required=True)
+    channel = fields.String(required=True, validate=_channel_name)
     event = fields.String(load_default=None, allow_none=True, validate=_EVENT_NAME)
     data = fields.Raw(required=True, validate=_json_object)
 
@@ -72,7 +85,6 @@ async def publish(request: web.Request) -> web.Response:
     items = load(BatchSchema, raw)["events"] if batch else [load(PublishSchema, raw)]
     encoded = []
     for index, item in enumerate(items):
-        validate_channel(item["channel"])
         # Serialised once here; every subscriber then shares the same bytes.
         data = json.dumps(item["data"], separators=(",", ":"), ensure_ascii=False)
         if len(data.encode()) > limit:

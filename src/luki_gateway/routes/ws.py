@@ -32,7 +32,7 @@ from ..ratelimit.limiter import RATE_POLICIES
 from ..ratelimit.policies import client_ip
 from ..settings import SETTINGS, ws_frame_limit
 from ..tracing import trace_of
-from ..validation import strict_json
+from ..validation import client_json
 from .access import RouteAccess, declare
 from .ws_protocol import WS_MESSAGE_HANDLERS
 
@@ -69,7 +69,7 @@ class _Session:
     async def handle_text(self, text: str) -> bool:
         """Handle one client message; True when the socket must close (1008)."""
         try:
-            data = strict_json(text)
+            data = client_json(text)
         except (ValueError, RecursionError):
             return self.refuse_malformed(ValidationFailed("message is not valid JSON"))
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
@@ -158,7 +158,7 @@ async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse
         "or Sec-WebSocket-Protocol")
     try:
         msg = await ws.receive(timeout=app[SETTINGS].auth.ws_auth_timeout_s)
-        data = strict_json(msg.data) if msg.type is WSMsgType.TEXT else None
+        data = client_json(msg.data) if msg.type is WSMsgType.TEXT else None
         if (isinstance(data, dict) and data.get("type") == "auth"
                 and isinstance(data.get("token"), str)):
             return await app[AUTHENTICATOR].authenticate_token(data["token"])
