@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from luki_gateway.devstack.agent import reply_tokens
-from luki_gateway.hub.turns import LOST_SEQ, TurnLost, TurnRegistry
+from luki_gateway.hub.turns import LOST_SEQ, MAX_TURN_STREAMS, TurnLost, TurnRegistry
 from luki_gateway.settings import ChatSettings
 from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
@@ -486,3 +486,34 @@ async def test_shutdown_ends_a_follower_stream_so_its_client_resumes_elsewhere(
     resp = await _resume_on(owner_gw, turn_id, last)
     more = await read_events(resp, stop_after=1)
     assert more[0].id == f"{turn_id}:{last + 1}"
+
+
+async def test_streams_of_one_turn_are_bounded_per_process(
+        redis_url: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]
+        ) -> None:
+    """Resumes share the turn's stream slot, so one process relays a turn to at most
+    MAX_TURN_STREAMS streams, here and as a follower of another process: one more is 429
+    (it was unbounded: every resume of one slot held a connection, and remotely a Redis
+    read)."""
+    agent = await start_agent(tokens=400, tokens_per_s=20.0)
+    owner_gw, follower_gw = await _pair(chat_gateway, agent, redis_url)
+    first = await owner_gw.post("/v1/chat/stream", json={"message": "many screens"},
+                                headers=bearer())
+    turn_id = first.headers["X-LUKi-Turn-Id"]
+    await read_events(first, stop_after=1)
+    for gw, already in ((owner_gw, 1), (follower_gw, 0)):
+        held = [await _resume_on(gw, turn_id, 0) for _ in range(MAX_TURN_STREAMS - already)]
+        assert [r.status for r in held] == [200] * len(held)
+        refused = await _resume_on(gw, turn_id, 0)
+        assert refused.status == 429
+        body = await refused.json()
+        assert body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+        assert body["error"]["details"]["limit"] == MAX_TURN_STREAMS
+        held[0].close()  # a stream that ends frees its place
+        async with asyncio.timeout(5):
+            while (again := await _resume_on(gw, turn_id, 0)).status == 429:  # noqa: ASYNC110 - the server notices the close
+                await asyncio.sleep(0.1)
+        assert again.status == 200
+        for resp in [*held[1:], again]:
+            resp.close()
+    first.close()

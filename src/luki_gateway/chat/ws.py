@@ -253,9 +253,13 @@ async def handle_resume(app: web.Application, conn: WsConnection, msg: dict[str,
         return
     listener = ws_listener(conn, client_id, turn_id, _ended(state, client_id))
     listening = _Listening(None, listener, turn_id=turn_id)
+    try:
+        listening.feeder = registry.start_follow(turn_id, conn.principal.id, after, listener,
+                                                 trace.trace_id)
+    except GatewayError as err:
+        _send_error(conn, err, msg.get("id"), trace, turn_id)
+        return
     state.by_id[client_id] = listening
-    listening.feeder = asyncio.create_task(registry.follow(turn_id, conn.principal.id, after,
-                                                           listener, trace.trace_id))
 
     def followed(_: asyncio.Task[None]) -> None:
         # Also when the client had the end already: the id is free for a new turn.

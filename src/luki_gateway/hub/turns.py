@@ -42,6 +42,7 @@ from ..errors import (
     Forbidden,
     GatewayError,
     NotFound,
+    RateLimitExceeded,
 )
 from ..ratelimit.batch import ErrorLog
 from ..redis_client import redis_of
@@ -66,6 +67,10 @@ LIVENESS_QUIET_S = 5.0
 # that process may have sent its own clients without storing it (so a reconnect from
 # there still gets the end, and then 204).
 LOST_SEQ = 2**31 - 1
+# Streams one process relays a turn to (the client's own, other screens, a reconnect that
+# overlaps a connection not yet found dead): they share the turn's stream slot, so this
+# bounds what one slot can hold open (and, for a turn run elsewhere, Redis reads).
+MAX_TURN_STREAMS = 8
 # Flush at most this often, so a burst of tokens becomes one pipeline.
 FLUSH_DELAY_S = 0.02
 # After a failed write the batch is kept and sent again this long after (Redis is back, or
@@ -171,6 +176,13 @@ def decode_event(prefix: bytes, seq: int, event: str, data: bytes) -> TurnEvent:
     return turn_event(prefix, seq, event, data, value)
 
 
+def too_many_streams(turn_id: str) -> RateLimitExceeded:
+    """The refusal of one more stream of a turn (MAX_TURN_STREAMS)."""
+    return RateLimitExceeded(
+        f"too many open streams of this turn (limit {MAX_TURN_STREAMS})",
+        details={"kind": "concurrency", "turn_id": turn_id, "limit": MAX_TURN_STREAMS})
+
+
 class Turn:
     """One turn running in this process: its events so far and who listens to them."""
 
@@ -219,7 +231,12 @@ class Turn:
         return item
 
     def attach(self, listener: Listener, after_seq: int = 0) -> None:
-        """Replay every kept event after ``after_seq`` to ``listener``, then add it live."""
+        """Replay every kept event after ``after_seq`` to ``listener``, then add it live.
+
+        RateLimitExceeded when MAX_TURN_STREAMS listen already, NotFound when events after
+        ``after_seq`` are no longer kept."""
+        if not self.finished and len(self.listeners) >= MAX_TURN_STREAMS:
+            raise too_many_streams(self.turn_id)
         if after_seq < self.seq - len(self.events):  # events after it fell out
             raise NotFound("the turn has moved past the resume buffer",
                            details={"turn_id": self.turn_id})
@@ -270,6 +287,8 @@ class TurnRegistry:
         # covers the block (plus Redis's 100 ms timer granularity), made on first use.
         self._follow_timeout_s = WATCH_REFRESH_S + 0.5 + redis_timeout_s
         self._follow_redis: aioredis.Redis | None = None
+        # Turn id -> streams of this process following it (start_follow).
+        self._following: dict[str, int] = {}
         self.grace_s = settings.resume_grace_s if settings.resume else 0.0
         self.ttl_s = settings.resume_ttl_s
         self.max_events = settings.resume_max_events if settings.resume else 0
@@ -585,6 +604,27 @@ class TurnRegistry:
         await self.check_remote(turn_id, owner)
         last = await self.remote_end(turn_id)
         return last is not None and after_seq >= last
+
+    def start_follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
+                     trace_id: str) -> asyncio.Task[None]:
+        """:meth:`follow` in a task of its own, at most MAX_TURN_STREAMS per turn in this
+        process (RateLimitExceeded beyond)."""
+        following = self._following
+        count = following.get(turn_id, 0)
+        if count >= MAX_TURN_STREAMS:
+            raise too_many_streams(turn_id)
+        following[turn_id] = count + 1
+
+        def ended(_: asyncio.Task[None]) -> None:
+            left = following.get(turn_id, 1) - 1
+            if left > 0:
+                following[turn_id] = left
+            else:
+                following.pop(turn_id, None)
+
+        task = asyncio.create_task(self.follow(turn_id, owner, after_seq, listener, trace_id))
+        task.add_done_callback(ended)
+        return task
 
     async def follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
                      trace_id: str) -> None:

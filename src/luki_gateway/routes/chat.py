@@ -195,8 +195,8 @@ async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamR
     if await registry.has_remote_end(turn_id, principal.id, after):
         return _nothing_more()
     sink = SseSink(request)
-    feeder = asyncio.create_task(registry.follow(turn_id, principal.id, after, sink,
-                                                 trace_of(request).trace_id))
+    feeder = registry.start_follow(turn_id, principal.id, after, sink,
+                                   trace_of(request).trace_id)
     # Followed to its end, or the client had the end already (found out while following).
     feeder.add_done_callback(lambda _: sink.close_quietly())
     try:
