@@ -77,6 +77,9 @@ async def test_per_process_limits_are_warned_about(aiohttp_client: Callable[...,
     with capture_logs() as logs:
         await aiohttp_client(create_app(settings))
     assert any(e["event"] == "rate limits are per process without REDIS_URL" for e in logs)
+    # So is chat resume, which then works only on the worker that runs the turn.
+    assert any(e["event"].startswith("chat resume without REDIS_URL") for e in logs)
     with capture_logs() as quiet:
         await aiohttp_client(create_app(make_settings(workers=1, ratelimit={"enabled": True})))
-    assert not any(e["event"].startswith("rate limits are per process") for e in quiet)
+    assert not any(e["event"].startswith(("rate limits are per process", "chat resume"))
+                   for e in quiet)

@@ -755,6 +755,9 @@ async def turns_ctx(app: web.Application) -> AsyncIterator[None]:
     registry = TurnRegistry(settings.chat, redis_of(app), settings.redis_prefix,
                             settings.redis_timeout_s)
     app[TURNS] = registry
+    if registry.redis is None and settings.workers > 1 and settings.chat.resume:
+        log.warning("chat resume without REDIS_URL under several workers: a turn resumes "
+                    "only on the worker that runs it", workers=settings.workers)
     registry.start()
     try:
         yield
