@@ -287,6 +287,9 @@ async def test_publish_validation(gateway: Callable[..., Any]) -> None:
         ({"channel": 5, "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {}, "extra": 1}, 422),
         ({"channel": "broadcast:a", "data": {}, "event": "bad name\n"}, 422),
+        # The gateway's own SSE notice names: a client could not tell them apart.
+        *[({"channel": "broadcast:a", "data": {}, "event": name}, 422)
+          for name in ("gap", "reset", "error", "reconnect")],
         ({"channel": "nochannel", "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {"x": "y" * 2000}}, 413),
         ({"events": []}, 422),

@@ -31,8 +31,13 @@ SEND_TIMEOUT_S = 120
 _TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-_EVENT_NAME = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$",
-                              error="event must be a name like 'update' or 'order.created'")
+# The gateway's own SSE notices: an event of a publisher's named so would look like one.
+RESERVED_EVENT_NAMES = ("gap", "reset", "error", "reconnect")
+_EVENT_NAME = validate.And(
+    validate.Regexp(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$",
+                    error="event must be a name like 'update' or 'order.created'"),
+    validate.NoneOf(RESERVED_EVENT_NAMES,
+                    error="event names gap, reset, error and reconnect are the gateway's own"))
 
 
 def _principal(request: web.Request) -> Principal:
