@@ -34,6 +34,10 @@ log = structlog.get_logger("luki.serve")
 # A worker that dies this soon after its start failed to start (port taken, bad config):
 # restarting it would only loop, so the supervisor stops instead.
 STARTUP_FAILURE_WINDOW_S = 5.0
+# How long after the grace a worker may take to exit: the answers and cancels at the
+# grace's end (lifecycle.ANSWER_WAIT_S), then closing connections and resources. The
+# supervisor kills a worker still alive after that.
+EXIT_MARGIN_S = 2.0
 
 
 def raise_fd_limit() -> None:
@@ -153,8 +157,7 @@ class Supervisor:
 
     def wait_all(self) -> None:
         """Wait for the workers' graceful exit; kill what outlives the grace."""
-        # aiohttp waits up to the grace for handlers, then again for cancelled ones.
-        deadline = time.monotonic() + 2 * self.settings.shutdown_grace_s + 5
+        deadline = time.monotonic() + self.settings.shutdown_grace_s + EXIT_MARGIN_S
         for proc in self.procs:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from ..auth.principal import PRINCIPAL
+from ..lifecycle import LIFECYCLE
 from ..metrics import HTTP_METRICS
 from ..settings import SETTINGS
 from ..tracing import REQUEST_TRACE
@@ -39,7 +40,9 @@ def method_label(method: str) -> str:
 
 def begin_access(request: web.Request) -> float:
     """Count the request in flight; its start time for ``record_access``."""
-    request.app[HTTP_METRICS].in_flight.inc()
+    app = request.app
+    app[HTTP_METRICS].in_flight.inc()
+    app[LIFECYCLE].in_flight.add(request.task)  # what a shutdown's grace ends
     return time.perf_counter()
 
 
@@ -50,6 +53,7 @@ def record_access(request: web.Request, started: float, status: int,
     app = request.app
     metrics = app[HTTP_METRICS]
     metrics.in_flight.dec()
+    app[LIFECYCLE].in_flight.discard(request.task)
     route = route_label(request)
     metrics.observe(route, method_label(request.method), status, elapsed)
     if not app[SETTINGS].access_log:
