@@ -227,6 +227,45 @@ async def test_request_outliving_the_grace_is_cut_and_the_process_exits(
     assert "Traceback" not in served.log_text()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_ready_answers_503_while_the_listener_drains(
+        start_serve: Callable[..., Served], workers: int) -> None:
+    """SIGTERM: the listener stays open for SHUTDOWN_DRAIN_S, /ready answers 503 "draining"
+    there (Connection: close) while other requests are still served; then connections are
+    refused. aiohttp alone closed the listener first: /ready went from 200 to refused."""
+    drain_s = 1.0
+    served = start_serve(workers, SHUTDOWN_DRAIN_S=str(drain_s))
+    await worker_pids(served, want=workers)
+    readiness: list[tuple[int, str, str | None]] = []
+    connector = aiohttp.TCPConnector(force_close=True)  # a new connection for every poll
+    async with aiohttp.ClientSession(connector=connector) as session:
+        stopped_at = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        while True:
+            try:
+                async with session.get(f"{served.url}/ready") as resp:
+                    body = await resp.json()
+                    readiness.append((resp.status, body["checks"]["startup"],
+                                      resp.headers.get("Connection")))
+                if readiness[-1][0] == 503 and len(readiness) % 5 == 0:
+                    async with session.get(f"{served.url}/healthz") as resp:
+                        assert resp.status == 200  # draining, still serving
+            except aiohttp.ClientConnectionError:
+                break
+            assert time.monotonic() - stopped_at < drain_s + 2, readiness
+            await asyncio.sleep(0.02)  # a load balancer's polling interval, shortened
+        refused_after = time.monotonic() - stopped_at
+    assert await asyncio.to_thread(served.proc.wait, 30) == 0
+    # Polls that raced the signal's delivery may still be ready; from the first 503 on, all.
+    first = next((i for i, (status, _, _) in enumerate(readiness) if status == 503), None)
+    assert first is not None, readiness
+    draining = readiness[first:]
+    assert len(draining) >= 10, readiness
+    assert set(draining) == {(503, "draining", "close")}, readiness
+    assert drain_s - 0.1 < refused_after < drain_s + 1, refused_after
+    assert "Traceback" not in served.log_text()
+
+
 def _running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie waiting to be reaped."""
     try:
