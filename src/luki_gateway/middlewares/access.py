@@ -7,6 +7,7 @@ answer is out, the handler failed or the client left.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -18,6 +19,18 @@ from ..settings import SETTINGS
 from ..tracing import REQUEST_TRACE
 
 log = structlog.get_logger("luki.access")
+
+
+class SentBytes(Protocol):
+    """A stream that writes to the transport itself and counts what it wrote."""
+
+    bytes_sent: int
+
+
+# Chat SSE, channel SSE and WebSocket write to the transport themselves: aiohttp's
+# response.body_length misses those writes (and is set only at the end of the body, after
+# the record). Such a stream registers itself here; the record reads its count instead.
+STREAM_SENT = web.RequestKey[SentBytes]("stream_sent")
 
 UNMATCHED = "unmatched"
 OTHER_METHOD = "OTHER"
@@ -62,7 +75,11 @@ def record_access(request: web.Request, started: float, status: int,
     principal = request.get(PRINCIPAL)
     sent = 0
     if response is not None:
-        sent = response.body_length if response.prepared else response.content_length or 0
+        if response.prepared:
+            stream = request.get(STREAM_SENT)
+            sent = response.body_length if stream is None else stream.bytes_sent
+        else:
+            sent = response.content_length or 0
     log.info(
         "request",
         method=request.method,
