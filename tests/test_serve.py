@@ -9,16 +9,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+import luki_gateway
+
+from .conftest import bearer
 from .redis_server import free_port
 
 PROBE = Path(__file__).with_name("serve_probe.py")
+# The code under test, also in the subprocess: its scrubbed environment would otherwise
+# import whatever checkout the venv's editable install points at.
+SOURCE_ROOT = str(Path(luki_gateway.__file__).resolve().parent.parent)
 GRACE_S = 4.0
+# README: every process exits within SHUTDOWN_GRACE_S plus this.
+EXIT_MARGIN_S = 2.0
 
 
 class Served:
@@ -46,20 +56,44 @@ def serve_one(tmp_path: Path) -> Iterator[Served]:
     yield from _serve(tmp_path, workers=1)
 
 
+@pytest.fixture
+def start_serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Start the probe CLI's `serve` with extra environment; kill what is left at the end."""
+    started: list[Served] = []
+
+    def start(workers: int, **env: str) -> Served:
+        served = _start(tmp_path, workers, env)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        _stop(served)
+
+
 def _serve(tmp_path: Path, workers: int) -> Iterator[Served]:
     """Run the probe CLI's `serve` until the test ends."""
+    served = _start(tmp_path, workers, {})
+    yield served
+    _stop(served)
+
+
+def _start(tmp_path: Path, workers: int, extra_env: dict[str, str]) -> Served:
     port = free_port()
     log = tmp_path / "serve.log"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
-           "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_FORMAT": "json"}
+           "PYTHONPATH": SOURCE_ROOT, "SHUTDOWN_GRACE_S": str(GRACE_S), "LOG_FORMAT": "json",
+           **extra_env}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, str(PROBE), "serve", "--workers", str(workers),
                                  "--port", str(port)], env=env, stdout=out, stderr=out)
-    served = Served(proc, port, log)
-    yield served
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    return Served(proc, port, log)
+
+
+def _stop(served: Served) -> None:
+    if served.proc.poll() is None:
+        served.proc.kill()
+        served.proc.wait()
 
 
 def parent_of(pid: int) -> int:
@@ -131,6 +165,105 @@ async def test_workers_follow_a_vanished_supervisor(serve_two: Served) -> None:
         assert time.monotonic() < deadline, serve_two.log_text()
         await asyncio.sleep(0.1)  # orphaned processes: no handle to wait on
     assert serve_two.log_text().count("supervisor gone") == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sync_chat_still_waiting_when_the_grace_ends_gets_503(
+        start_serve: Callable[..., Served], upstream: Callable[..., Any], workers: int) -> None:
+    """SIGTERM while a sync chat waits on a silent agent: when the grace is over the caller
+    gets the JSON 503 (not a cut connection after twice the grace), and the process exits
+    within grace + EXIT_MARGIN_S."""
+    grace_s = 2.0
+    arrived = asyncio.Event()
+
+    async def silent_agent(_: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(60)
+        return web.json_response({})
+
+    agent = web.Application()
+    agent.router.add_post("/v1/chat", silent_agent)
+    served = start_serve(workers, AGENT_URL=await upstream(agent),
+                         SHUTDOWN_GRACE_S=str(grace_s))
+    await worker_pids(served, want=workers)
+    async with aiohttp.ClientSession() as session:
+        chat = asyncio.create_task(session.post(f"{served.url}/v1/chat",
+                                                json={"message": "hello"}, headers=bearer()))
+        await asyncio.wait_for(arrived.wait(), timeout=10)
+        stopped_at = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        async with await chat as resp:
+            answered = time.monotonic() - stopped_at
+            assert resp.status == 503, served.log_text()
+            body = await resp.json()
+    assert body["error"]["code"] == "DOWNSTREAM_UNAVAILABLE"
+    assert "shutting down" in body["error"]["message"]
+    assert grace_s - 0.1 < answered < grace_s + 1, answered
+    assert await asyncio.to_thread(served.proc.wait, 30) == 0
+    took = time.monotonic() - stopped_at
+    assert took < grace_s + EXIT_MARGIN_S, took
+    assert "Traceback" not in served.log_text()
+
+
+async def test_request_outliving_the_grace_is_cut_and_the_process_exits(
+        start_serve: Callable[..., Served]) -> None:
+    """A handler that ignores the shutdown is cancelled soon after the grace (aiohttp alone
+    waited the grace twice), so the process still exits within grace + EXIT_MARGIN_S."""
+    grace_s = 2.0
+    served = start_serve(1, SHUTDOWN_GRACE_S=str(grace_s))
+    await worker_pids(served, want=1)
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{served.url}/test/slow?ms=60000") as resp:
+        assert await resp.content.readline() == b"started\n"
+        stopped_at = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.content.read()
+        cut = time.monotonic() - stopped_at
+    assert grace_s - 0.1 < cut < grace_s + 1, cut
+    assert await asyncio.to_thread(served.proc.wait, 30) == 0
+    took = time.monotonic() - stopped_at
+    assert took < grace_s + EXIT_MARGIN_S, took
+    assert "Traceback" not in served.log_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_ready_answers_503_while_the_listener_drains(
+        start_serve: Callable[..., Served], workers: int) -> None:
+    """SIGTERM: the listener stays open for SHUTDOWN_DRAIN_S, /ready answers 503 "draining"
+    there (Connection: close) while other requests are still served; then connections are
+    refused. aiohttp alone closed the listener first: /ready went from 200 to refused."""
+    drain_s = 1.0
+    served = start_serve(workers, SHUTDOWN_DRAIN_S=str(drain_s))
+    await worker_pids(served, want=workers)
+    readiness: list[tuple[int, str, str | None]] = []
+    connector = aiohttp.TCPConnector(force_close=True)  # a new connection for every poll
+    async with aiohttp.ClientSession(connector=connector) as session:
+        stopped_at = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        while True:
+            try:
+                async with session.get(f"{served.url}/ready") as resp:
+                    body = await resp.json()
+                    readiness.append((resp.status, body["checks"]["startup"],
+                                      resp.headers.get("Connection")))
+                if readiness[-1][0] == 503 and len(readiness) % 5 == 0:
+                    async with session.get(f"{served.url}/healthz") as resp:
+                        assert resp.status == 200  # draining, still serving
+            except aiohttp.ClientConnectionError:
+                break
+            assert time.monotonic() - stopped_at < drain_s + 2, readiness
+            await asyncio.sleep(0.02)  # a load balancer's polling interval, shortened
+        refused_after = time.monotonic() - stopped_at
+    assert await asyncio.to_thread(served.proc.wait, 30) == 0
+    # Polls that raced the signal's delivery may still be ready; from the first 503 on, all.
+    first = next((i for i, (status, _, _) in enumerate(readiness) if status == 503), None)
+    assert first is not None, readiness
+    draining = readiness[first:]
+    assert len(draining) >= 10, readiness
+    assert set(draining) == {(503, "draining", "close")}, readiness
+    assert drain_s - 0.1 < refused_after < drain_s + 1, refused_after
+    assert "Traceback" not in served.log_text()
 
 
 def _running(pid: int) -> bool:

@@ -149,6 +149,12 @@ class DownstreamUnavailable(GatewayError):
     default_message = "upstream unavailable"
 
 
+class ShuttingDown(DownstreamUnavailable):
+    """The gateway is stopping and its shutdown grace ran out before the upstream answered."""
+
+    default_message = "the gateway is shutting down; retry the request"
+
+
 class CircuitOpen(GatewayError):
     """The upstream's circuit breaker is open; the request was not sent."""
 

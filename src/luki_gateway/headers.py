@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .lifecycle import LIFECYCLE
 from .ratelimit.headers import RATE_DECISION, decision_headers
 from .settings import SETTINGS
 from .tracing import trace_of
@@ -26,15 +27,20 @@ _HSTS = "max-age=31536000; includeSubDomains"
 class ResponseHeaders:
     """The gateway's one on_response_prepare hook."""
 
-    __slots__ = ("_cors", "_hsts")
+    __slots__ = ("_cors", "_hsts", "_lifecycle")
 
     def __init__(self, app: web.Application, cors: PrepareHook | None) -> None:
         self._cors = cors
         self._hsts = not app[SETTINGS].is_development
+        self._lifecycle = app[LIFECYCLE]
 
     async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
         """Add the standard, rate-limit and (for cross-origin requests) CORS headers."""
         standard_headers(request, response, hsts=self._hsts)
+        if self._lifecycle.draining:
+            # Connection: close, so keep-alive clients (a load balancer's pool) reconnect
+            # now, elsewhere, instead of racing the listener's close with their next request.
+            response.force_close()
         decision = request.get(RATE_DECISION)
         if decision is not None:
             response.headers.update(decision_headers(decision))

@@ -3,8 +3,8 @@
 With ``workers > 1`` a supervisor process starts N worker processes (``spawn``), each
 binding the port itself with SO_REUSEPORT and running its own app. Workers live in their
 own process group, so a terminal's Ctrl+C reaches only the supervisor, which turns SIGINT
-and SIGTERM into one SIGTERM per worker (a second signal would cut aiohttp's graceful
-shutdown short). A worker whose supervisor disappears shuts itself down.
+and SIGTERM into one SIGTERM per worker (a second signal would end a worker's drain delay
+early). A worker whose supervisor disappears shuts itself down.
 """
 
 from __future__ import annotations
@@ -26,14 +26,19 @@ import structlog
 from aiohttp import web
 
 from .app import create_app
+from .lifecycle import LIFECYCLE
 from .log import configure_logging
-from .settings import Settings, SettingsError, load_settings, settings_data
+from .settings import SETTINGS, Settings, SettingsError, load_settings, settings_data
 
 log = structlog.get_logger("luki.serve")
 
 # A worker that dies this soon after its start failed to start (port taken, bad config):
 # restarting it would only loop, so the supervisor stops instead.
 STARTUP_FAILURE_WINDOW_S = 5.0
+# How long after the grace a worker may take to exit: the answers and cancels at the
+# grace's end (lifecycle.ANSWER_WAIT_S), then closing connections and resources. The
+# supervisor kills a worker still alive after that.
+EXIT_MARGIN_S = 2.0
 
 
 def raise_fd_limit() -> None:
@@ -72,6 +77,43 @@ async def _orphan_watch(_: web.Application) -> AsyncIterator[None]:
     loop.remove_reader(parent.sentinel)
 
 
+async def _drain_on_signal(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: SIGTERM/SIGINT make the app draining at once (/ready answers 503) and
+    stop serving ``shutdown_drain_s`` later; a second signal stops it at once.
+
+    aiohttp's own signal handling closes the listener and the idle keep-alive connections
+    first and runs the on_shutdown hooks (which marked the app draining) only then, so no
+    client ever saw /ready answer 503: it went from 200 to connection refused. Meanwhile a
+    load balancer polling /ready has the time to take this process out.
+    """
+    loop = asyncio.get_running_loop()
+    settings = app[SETTINGS]
+    lifecycle = app[LIFECYCLE]
+    delay = min(settings.shutdown_drain_s, settings.shutdown_grace_s)  # within the grace
+    stop: asyncio.TimerHandle | None = None
+
+    def stop_serving() -> None:
+        nonlocal stop
+        stop = None
+        raise web.GracefulExit()  # as aiohttp's handler does: run_app cleans up from here
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal stop
+        if not lifecycle.draining:
+            lifecycle.begin_drain(settings.shutdown_grace_s)
+            log.info("draining", signal=signum.name, pid=os.getpid(), listener_open_s=delay)
+            stop = loop.call_later(delay, stop_serving)
+        elif stop is not None:
+            stop.cancel()
+            stop_serving()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    yield
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+
+
 async def _freeze_startup_objects(_: web.Application) -> None:
     """Once started: move every object made so far (modules, settings, routes, registry)
     out of the garbage collector's reach, so a full collection under load walks only what
@@ -88,6 +130,7 @@ def run_worker(settings: Settings, *, reuse_port: bool,
     raise_fd_limit()
     fast_loop = install_uvloop()
     app = create_app(settings)
+    app.cleanup_ctx.append(_drain_on_signal)
     if supervised:
         app.cleanup_ctx.append(_orphan_watch)
     if before_start is not None:
@@ -101,7 +144,7 @@ def run_worker(settings: Settings, *, reuse_port: bool,
 
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
                 shutdown_timeout=settings.shutdown_grace_s, access_log=None, print=announce,
-                handle_signals=True)
+                handle_signals=False)  # _drain_on_signal does
     log.info("worker stopped", pid=os.getpid())
 
 
@@ -153,8 +196,7 @@ class Supervisor:
 
     def wait_all(self) -> None:
         """Wait for the workers' graceful exit; kill what outlives the grace."""
-        # aiohttp waits up to the grace for handlers, then again for cancelled ones.
-        deadline = time.monotonic() + 2 * self.settings.shutdown_grace_s + 5
+        deadline = time.monotonic() + self.settings.shutdown_grace_s + EXIT_MARGIN_S
         for proc in self.procs:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():

@@ -258,6 +258,9 @@ class Settings:
     cors_origins: tuple[str, ...] = _field((), env="CORS_ORIGINS")
     trusted_proxies: tuple[str, ...] = _field((), env="TRUSTED_PROXIES")
     shutdown_grace_s: float = _field(5.0, env="SHUTDOWN_GRACE_S", validators=_positive())
+    # After SIGTERM the listener stays open this long (within the grace) with /ready at 503,
+    # so a load balancer polling /ready takes the process out before connections are refused.
+    shutdown_drain_s: float = _field(1.0, env="SHUTDOWN_DRAIN_S", validators=_non_negative())
     upstreams: Mapping[str, str] = _field(DEFAULT_UPSTREAMS)
     routes: tuple[RouteConfig, ...] = _field(DEFAULT_ROUTES)
     upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)

@@ -25,6 +25,7 @@ from aiohttp import HttpVersion11, web
 
 from ..hub.hub import HUB
 from ..hub.turns import TERMINAL, TurnEvent
+from ..middlewares.access import STREAM_SENT
 from ..settings import SETTINGS
 
 # How often open streams are checked for a gone client (bounds the cancel delay).
@@ -51,6 +52,7 @@ class SseSink:
         "_opening",
         "_retry",
         "_transport",
+        "bytes_sent",
         "ended",
         "frames",
         "gone",
@@ -74,6 +76,9 @@ class SseSink:
         # Frames written directly (counted; the watcher turns changes into last_write).
         self.sent = 0
         self.seen = 0
+        # Body bytes sent (chunk framing included), for the access record.
+        self.bytes_sent = 0
+        request[STREAM_SENT] = self
         self.waiter: asyncio.Future[None] | None = None
         # Armed by open_sse: the prepared response whose head the first event sends.
         self._opening: web.StreamResponse | None = None
@@ -93,8 +98,10 @@ class SseSink:
         transport = self._transport
         if self._live and not self.frames and self._writable(transport):
             assert transport is not None  # _writable checked it
-            transport.write(b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame)
+            data = b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
+            transport.write(data)
             self.sent += 1
+            self.bytes_sent += len(data)
             if self.ended:
                 self.wake()
             return
@@ -141,6 +148,7 @@ class SseSink:
             return False
         self._opening = None
         _write_now(response, frame)
+        self.written_by_aiohttp(len(frame))
         self.sent += 1
         self.wake()
         return True
@@ -157,6 +165,12 @@ class SseSink:
         finally:
             timer.cancel()
             self.waiter = None
+
+    def written_by_aiohttp(self, size: int) -> None:
+        """Count ``size`` body bytes written through the response (it adds the framing)."""
+        if size and self._chunked:
+            size += len(b"%x\r\n\r\n" % size)
+        self.bytes_sent += size
 
     def _framed(self, frames: list[bytes]) -> bytes:
         if not self._chunked:
@@ -187,7 +201,9 @@ class SseSink:
                         continue
                     frames, self.frames = self.frames, []
                     assert transport is not None
-                    transport.write(self._framed(frames))
+                    data = self._framed(frames)
+                    transport.write(data)
+                    self.bytes_sent += len(data)
                     self.last_write = loop.time()
                     continue
                 if self.ended and not self.frames:
@@ -317,5 +333,7 @@ async def open_sse(request: web.Request, turn_id: str, sink: SseSink) -> web.Str
         if not sink.disarm():
             return response  # the first event went out with the head
     frames, sink.frames = sink.frames, []
-    await response.write(b"".join(frames))  # b"": the head alone, the events follow
+    body = b"".join(frames)
+    await response.write(body)  # b"": the head alone, the events follow
+    sink.written_by_aiohttp(len(body))
     return response

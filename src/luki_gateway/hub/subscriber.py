@@ -54,8 +54,8 @@ class Subscriber:
     """One client connection as the hub sees it (transport-specific parts in subclasses)."""
 
     __slots__ = ("_channels", "_close_callbacks", "_drained", "_gaps", "_queue", "_queued_bytes",
-                 "_writer", "closed", "connection_id", "hub", "lease", "principal", "protocol",
-                 "transport")
+                 "_writer", "bytes_sent", "closed", "connection_id", "hub", "lease", "principal",
+                 "protocol", "transport")
 
     kind: Transport = "ws"
 
@@ -69,6 +69,8 @@ class Subscriber:
         self.protocol = protocol
         self.connection_id = new_connection_id()
         self.closed = False
+        # Bytes written to the transport, for the access record (its handler registers it).
+        self.bytes_sent = 0
         self._channels: dict[str, str] | None = None
         self._queue: deque[tuple[str | None, str, bytes]] | None = None
         self._queued_bytes = 0
@@ -139,6 +141,7 @@ class Subscriber:
                 self.close()
                 return False
             self.transport.write(frame)
+            self.bytes_sent += len(frame)
             return True
         if self.closed:
             return False
@@ -153,6 +156,7 @@ class Subscriber:
                 self.close()
                 return
             self.transport.write(frame)
+            self.bytes_sent += len(frame)
             return
         self._enqueue(None, "", frame, "disconnect")
 
@@ -260,14 +264,17 @@ class Subscriber:
                 if gaps:
                     self._gaps = None
                     for channel, first_missed in gaps.items():
-                        self.transport.write(self.notice_frame(
-                            {"type": "gap", "channel": channel, "first_missed_id": first_missed}))
+                        notice = self.notice_frame(
+                            {"type": "gap", "channel": channel, "first_missed_id": first_missed})
+                        self.transport.write(notice)
+                        self.bytes_sent += len(notice)
                 queue = self._queue
                 if not queue:
                     break
                 _, _, frame = queue.popleft()
                 self._queued_bytes -= len(frame)
                 self.transport.write(frame)
+                self.bytes_sent += len(frame)
                 self._drained = True
         except (ConnectionError, RuntimeError):
             self.close()
@@ -299,7 +306,9 @@ class Subscriber:
         self.hub.forget(self)
         transport = self.transport
         if code is not None and not transport.is_closing():
-            transport.write(self.final_bytes(error, code))
+            final = self.final_bytes(error, code)
+            transport.write(final)
+            self.bytes_sent += len(final)
             transport.close()
             asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
         self.on_closed()

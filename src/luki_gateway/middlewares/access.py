@@ -7,16 +7,30 @@ answer is out, the handler failed or the client left.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import structlog
 from aiohttp import web
 
 from ..auth.principal import PRINCIPAL
+from ..lifecycle import LIFECYCLE
 from ..metrics import HTTP_METRICS
 from ..settings import SETTINGS
 from ..tracing import REQUEST_TRACE
 
 log = structlog.get_logger("luki.access")
+
+
+class SentBytes(Protocol):
+    """A stream that writes to the transport itself and counts what it wrote."""
+
+    bytes_sent: int
+
+
+# Chat SSE, channel SSE and WebSocket write to the transport themselves: aiohttp's
+# response.body_length misses those writes (and is set only at the end of the body, after
+# the record). Such a stream registers itself here; the record reads its count instead.
+STREAM_SENT = web.RequestKey[SentBytes]("stream_sent")
 
 UNMATCHED = "unmatched"
 OTHER_METHOD = "OTHER"
@@ -39,7 +53,9 @@ def method_label(method: str) -> str:
 
 def begin_access(request: web.Request) -> float:
     """Count the request in flight; its start time for ``record_access``."""
-    request.app[HTTP_METRICS].in_flight.inc()
+    app = request.app
+    app[HTTP_METRICS].in_flight.inc()
+    app[LIFECYCLE].in_flight.add(request.task)  # what a shutdown's grace ends
     return time.perf_counter()
 
 
@@ -50,6 +66,7 @@ def record_access(request: web.Request, started: float, status: int,
     app = request.app
     metrics = app[HTTP_METRICS]
     metrics.in_flight.dec()
+    app[LIFECYCLE].in_flight.discard(request.task)
     route = route_label(request)
     metrics.observe(route, method_label(request.method), status, elapsed)
     if not app[SETTINGS].access_log:
@@ -58,7 +75,11 @@ def record_access(request: web.Request, started: float, status: int,
     principal = request.get(PRINCIPAL)
     sent = 0
     if response is not None:
-        sent = response.body_length if response.prepared else response.content_length or 0
+        if response.prepared:
+            stream = request.get(STREAM_SENT)
+            sent = response.body_length if stream is None else stream.bytes_sent
+        else:
+            sent = response.content_length or 0
     log.info(
         "request",
         method=request.method,

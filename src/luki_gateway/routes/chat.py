@@ -32,8 +32,9 @@ from ..chat.schema import chat_schema, plain_chat_body
 from ..chat.sse import WATCH_INTERVAL_S, SseSink, end_sse_streams, open_sse, sse_streams_ctx
 from ..chat.turn_access import CHAT_ACCESS, check_owner, resolve_user
 from ..chat.ws import setup_ws
-from ..errors import GatewayError, ValidationFailed
+from ..errors import GatewayError, ShuttingDown, ValidationFailed
 from ..hub.turns import TURNS, Turn
+from ..lifecycle import LIFECYCLE
 from ..settings import SETTINGS
 from ..tracing import trace_of
 from ..upstream.agent import AgentRequest
@@ -89,6 +90,9 @@ async def chat(request: web.Request) -> web.Response:
         output_tokens = usage["output_tokens"]
         outcome = reply["finish_reason"]
         counted = usage
+    except ShuttingDown:
+        outcome = "cancelled"  # as a stream's turn ends at shutdown: not the agent's failure
+        raise
     except GatewayError as err:
         outcome = err.code
         raise
@@ -108,7 +112,9 @@ async def chat(request: web.Request) -> web.Response:
 
 async def _while_client_waits(request: web.Request, call: Awaitable[T]) -> T:
     """``call``'s result; cancelled (and with it the agent's request) when the client hangs
-    up first, looked at every WATCH_INTERVAL_S: then ConnectionResetError."""
+    up first, looked at every WATCH_INTERVAL_S: then ConnectionResetError. Also cancelled
+    when a shutdown's grace runs out: then ShuttingDown, a 503 the client can retry."""
+    lifecycle = request.app[LIFECYCLE]
     task = asyncio.ensure_future(call)
     try:
         while True:
@@ -118,6 +124,8 @@ async def _while_client_waits(request: web.Request, call: Awaitable[T]) -> T:
             transport = request.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client left before the answer")
+            if lifecycle.out_of_time:
+                raise ShuttingDown()
     finally:
         if not task.done():
             task.cancel()

@@ -20,6 +20,7 @@ from ..hub.channels import (
 )
 from ..hub.hub import HUB, close_streams
 from ..hub.sse_stream import SseStream, parse_last_event_id
+from ..middlewares.access import STREAM_SENT
 from ..ratelimit.leases import LEASES, Lease
 from ..settings import SETTINGS
 from ..validation import load, parse_json, read_body
@@ -195,6 +196,7 @@ async def _open(request: web.Request, response: web.StreamResponse) -> SseStream
                            chunked=request.version >= HttpVersion11, single=len(channels) == 1,
                            lease=lease, previous_send_timeout=previous_timeout)
         hub.register(stream)
+        request[STREAM_SENT] = stream
         # Every channel's position first: an event or notice of one channel carries the
         # stream's whole position as its id.
         for channel in channels:

@@ -27,6 +27,7 @@ from ..hub.channels import subscribe_refusal, validate_channel
 from ..hub.history import parse_id
 from ..hub.hub import HUB
 from ..hub.ws_subscriber import WsSubscriber
+from ..middlewares.access import STREAM_SENT
 from ..ratelimit.leases import LEASES, Lease
 from ..ratelimit.limiter import RATE_POLICIES
 from ..ratelimit.policies import client_ip
@@ -209,6 +210,7 @@ async def _open(request: web.Request, ws: web.WebSocketResponse) -> WsSubscriber
           if policies is not None and request.app[SETTINGS].ratelimit.enabled else "")
     conn = WsSubscriber(hub, principal, transport, request.protocol, lease, sys.intern(ip))
     hub.register(conn)
+    request[STREAM_SENT] = conn
     conn.send_json(_welcome(conn))
     return conn
 
