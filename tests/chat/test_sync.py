@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,9 +71,12 @@ async def test_sync_chat_validates(start_agent: Callable[..., Any],
 
 
 async def test_sync_client_that_leaves_cancels_the_agent_request(
-        upstream: Callable[..., Any], gateway: Callable[..., Any]) -> None:
+        upstream: Callable[..., Any], gateway: Callable[..., Any],
+        caplog: pytest.LogCaptureFixture) -> None:
     """A sync caller that gives up: the agent's request is cancelled within a second, not
-    left to run (and be paid for) to its end; the turn counts as client_gone."""
+    left to run (and be paid for) to its end; the turn counts as client_gone. A caller
+    that leaves is routine: no error log with a traceback (aiohttp's "Error handling
+    request" for the handler's ConnectionResetError)."""
     left_at: list[float] = []
     left = asyncio.Event()
 
@@ -103,3 +107,5 @@ async def test_sync_client_that_leaves_cancels_the_agent_request(
         await asyncio.sleep(0.02)
     assert gone in metrics
     assert "luki_chat_active_turns 0.0" in metrics
+    await asyncio.sleep(0.1)  # aiohttp logs after the handler returns
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

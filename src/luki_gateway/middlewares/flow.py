@@ -153,5 +153,10 @@ class RequestFlow(Generator[Any, Any, web.StreamResponse]):
             # 499 (nginx's "client closed request"): the client left before the answer.
             transport = request.transport
             status = 499 if transport is None or transport.is_closing() else 500
+            if status == 499 and isinstance(exc, ConnectionResetError):
+                # A handler that noticed its client leave: routine, not aiohttp's "Error
+                # handling request" and traceback. This answer is never sent (aiohttp
+                # drops it quietly on the closed connection).
+                answer = web.Response(status=499, reason="Client Closed Request")
         record_access(request, self._started, status, answer)
         return answer
