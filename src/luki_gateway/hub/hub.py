@@ -39,6 +39,11 @@ log = structlog.get_logger("luki.hub")
 # Credential expiry is noticed within this long (pings go out every ws_heartbeat_s).
 SWEEP_MAX_INTERVAL_S = 1.0
 REVOKED_MESSAGE = "API key revoked"
+# A socket can refresh its credentials in place; an SSE client can only come back.
+EXPIRED_MESSAGES = {
+    "ws": "credentials expired; send an auth message with a fresh token before expiry",
+    "sse": "credentials expired; reconnect with a fresh ticket or token",
+}
 
 
 class _Group:
@@ -322,9 +327,7 @@ class Hub:
                 continue
             expires_at = sub.principal.expires_at
             if expires_at is not None and expires_at <= now:
-                sub.close(error=Unauthenticated("credentials expired; send an auth message "
-                                                "with a fresh token before expiry"),
-                          code=4401)
+                sub.close(error=Unauthenticated(EXPIRED_MESSAGES[sub.kind]), code=4401)
                 continue
             if ping if sub.kind == "ws" else sse_ping:
                 sub.heartbeat()
