@@ -33,14 +33,20 @@ T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Longer lifetimes are typos; far enough out, an expiry is no date at all (year > 9999).
+MAX_DURATION_S = 3650 * 86400
 
 
 def parse_duration(text: str) -> int:
-    """'30d', '12h', '15m', '90s' or plain seconds -> seconds (> 0)."""
+    """'30d', '12h', '15m', '90s' or plain seconds -> seconds (> 0, at most ten years)."""
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None or int(match[1]) <= 0:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30d, 12h, 3600)")
-    return int(match[1]) * _UNIT_S[match[2]]
+    seconds = int(match[1]) * _UNIT_S[match[2]]
+    if seconds > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(
+            f"duration too long: {text!r} (at most {MAX_DURATION_S // 86400}d)")
+    return seconds
 
 
 def _store_call(settings: Settings, call: Callable[[KeyStore], Awaitable[T]]) -> T:
@@ -83,7 +89,12 @@ def _err(message: str) -> None:
 def _when(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        # No date shows it (stored before durations were capped): the raw epoch seconds,
+        # so the listing still works and shows what is stored.
+        return str(ts)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
