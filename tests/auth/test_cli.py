@@ -187,3 +187,25 @@ async def test_a_stored_expiry_out_of_range_is_listed_raw(
     assert status == 0 and json.loads(out)["expires_at"] == str(huge)
     status, out, _ = await run(capsys, "keys", "list", "--json")
     assert status == 0 and json.loads(out)[0]["status"] == "revoked"
+
+
+@pytest.mark.parametrize("argv", [["keys", "list"], ["keys", "list", "--json"],
+                                  ["keys", "revoke", "0123456789abcdef"]])
+def test_list_and_revoke_without_a_store_say_so(capsys: pytest.CaptureFixture[str],
+                                                argv: list[str]) -> None:
+    """No API_KEYS_FILE and no REDIS_URL: list and revoke say there is no key store
+    (exit 2) as create does, not "no keys" (exit 0) or "no such key" (exit 1)."""
+    status, out, err = run_sync(capsys, *argv)
+    assert status == 2 and out == "" and "no key store" in err and "API_KEYS_FILE" in err
+
+
+@pytest.mark.parametrize("sub", ["", "   ", "a\nb", "x" * 257])
+def test_token_refuses_a_subject_the_gateway_would_refuse(
+        capsys: pytest.CaptureFixture[str], sub: str) -> None:
+    """`token --sub ""` (or blank, control characters, over 256) is a usage error, not a
+    token every gateway answers with 401."""
+    with pytest.raises(SystemExit) as exited:
+        main(["token", "--sub", sub])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "error: argument --sub" in err
