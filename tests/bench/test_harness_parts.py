@@ -152,8 +152,10 @@ def test_a_confined_run_warns_and_says_so_in_the_report(
 
 
 def test_chat_turn_order_balances_who_follows_whom() -> None:
-    # A relay's turn right after another relay's is slower (shared core, cold caches): over
-    # a round each relay must follow each other path equally often, whatever the start.
+    """Over a round each relay follows each other path equally often, whatever the start.
+
+    A relay's turn right after another relay's is slower (shared core, cold caches).
+    """
     names = ["agent-direct", "naive-relay", "gw-chat"]
     for rnd in range(3):
         orders = turn_orders(names, rnd, 8)
