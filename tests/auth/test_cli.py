@@ -141,3 +141,71 @@ def test_an_unusable_store_is_one_line(capsys: pytest.CaptureFixture[str],
         err = capsys.readouterr().err
         assert err.startswith("luki-gateway: key store unavailable: ")
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_expiry_beyond_ten_years_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    """--expires 999999999d is refused (exit 2) before anything is stored: such a key
+    could never be shown with its expiry; ten years is accepted."""
+    keys_file = tmp_path / "keys.json"
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--keys-file", str(keys_file), "--owner", "x",
+              "--expires", "999999999d"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --expires" in err and "at most" in err
+    assert not keys_file.exists()
+    status, out, _ = run_sync(capsys, "keys", "create", "--keys-file", str(keys_file),
+                              "--owner", "x", "--expires", "3650d", "--json")
+    assert status == 0 and json.loads(out)["expires_at"].startswith("20")
+    with pytest.raises(SystemExit):
+        main(["token", "--ttl", "99999999999"])
+    capsys.readouterr()
+
+
+async def test_a_stored_expiry_out_of_range_is_listed_raw(
+        store_env: None, auth_settings: Callable[..., Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A record whose expiry no date can show (stored by an older CLI) is listed with the
+    raw timestamp, in the table and in JSON, also once revoked; nothing crashes."""
+    from luki_gateway.auth.api_keys import open_store
+    from luki_gateway.auth.key_record import generate_key, new_record
+
+    huge = 999999999 * 86400 + 1.7e9
+    store = open_store(auth_settings())
+    try:
+        await store.add(new_record(generate_key(), pepper="p", owner="huge", scopes=(),
+                                   expires_at=huge))
+    finally:
+        await store.close()
+    status, out, err = await run(capsys, "keys", "list")
+    assert status == 0 and "huge" in out and "Traceback" not in err
+    status, out, _ = await run(capsys, "keys", "list", "--json")
+    (row,) = json.loads(out)
+    assert status == 0 and row["expires_at"] == str(huge)
+    status, out, _ = await run(capsys, "keys", "revoke", row["id"], "--json")
+    assert status == 0 and json.loads(out)["expires_at"] == str(huge)
+    status, out, _ = await run(capsys, "keys", "list", "--json")
+    assert status == 0 and json.loads(out)[0]["status"] == "revoked"
+
+
+@pytest.mark.parametrize("argv", [["keys", "list"], ["keys", "list", "--json"],
+                                  ["keys", "revoke", "0123456789abcdef"]])
+def test_list_and_revoke_without_a_store_say_so(capsys: pytest.CaptureFixture[str],
+                                                argv: list[str]) -> None:
+    """No API_KEYS_FILE and no REDIS_URL: list and revoke say there is no key store
+    (exit 2) as create does, not "no keys" (exit 0) or "no such key" (exit 1)."""
+    status, out, err = run_sync(capsys, *argv)
+    assert status == 2 and out == "" and "no key store" in err and "API_KEYS_FILE" in err
+
+
+@pytest.mark.parametrize("sub", ["", "   ", "a\nb", "x" * 257])
+def test_token_refuses_a_subject_the_gateway_would_refuse(
+        capsys: pytest.CaptureFixture[str], sub: str) -> None:
+    """`token --sub ""` (or blank, control characters, over 256) is a usage error, not a
+    token every gateway answers with 401."""
+    with pytest.raises(SystemExit) as exited:
+        main(["token", "--sub", sub])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "error: argument --sub" in err

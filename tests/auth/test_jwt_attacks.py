@@ -186,6 +186,24 @@ async def test_time_claims(rs_gateway: Callable[..., Any], pairs: dict[str, KeyP
     await assert_accepted(p, rs.sign({"sub": "a", "scope": "chat:write", "exp": now - 10}))
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_time_claims_must_be_numbers(rs_gateway: Callable[..., Any],
+                                           pairs: dict[str, KeyPair], claim: str) -> None:
+    """A NumericDate is a JSON number (RFC 7519): exp, nbf or iat as a numeric string (or
+    a boolean) is refused, here and when minting a ticket, not read as 'no expiry'."""
+    p: Probe = await rs_gateway()
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": "a", "scope": "chat:write", "exp": now + 60,
+                              "nbf": now - 60, "iat": now - 60}
+    await assert_accepted(p, pairs["RS256"].sign(claims))
+    for odd in (str(claims[claim]), True):
+        token = pairs["RS256"].sign({**claims, claim: odd})
+        await assert_refused(p, token)
+        resp = await p.client.post("/v1/auth/ticket",
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 401
+
+
 async def test_remembered_token_still_expires(rs_gateway: Callable[..., Any],
                                               pairs: dict[str, KeyPair]) -> None:
     """A token accepted (and remembered: its signature is not re-checked) is refused once

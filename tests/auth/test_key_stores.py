@@ -128,6 +128,31 @@ async def test_revocation_reaches_another_process_within_1s(
         await asyncio.sleep(0.02)
 
 
+async def test_a_poll_learns_revocations_made_by_another_process(
+        backend: str, stores: Callable[[], KeyStore]) -> None:
+    """poll_revocations() tells the listeners which keys another store (the CLI) revoked,
+    once each, and drops them from the cache: what ends the key's open streams."""
+    reader, writer = stores(), stores()
+    key, rec = record()
+    _, other = record("bob")
+    await writer.add(rec)
+    await writer.add(other)
+    key_hash = hash_key(key, PEPPER)
+    assert (await reader.get(key_hash)) is not None  # cached as active
+    heard: list[frozenset[str]] = []
+    reader.revoked.listen(heard.append)
+    await reader.poll_revocations()
+    assert heard == []
+    await writer.revoke(rec.id)
+    await reader.poll_revocations()
+    assert heard == [frozenset({key_hash})]
+    assert key_hash in reader.revoked and other.key_hash not in reader.revoked
+    cached = reader.cached(key_hash)
+    assert cached is None or cached.revoked  # the next use sees the revocation
+    await reader.poll_revocations()
+    assert heard == [frozenset({key_hash})]  # heard once
+
+
 async def test_last_used_is_batched(backend: str, stores: Callable[[], KeyStore]) -> None:
     """touch() writes nothing until flush; one flush records the latest use."""
     store, other = stores(), stores()

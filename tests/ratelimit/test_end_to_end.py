@@ -102,3 +102,53 @@ async def test_app_heartbeat_keeps_leases_alive_past_their_ttl(
         await app[LEASES].acquire(alice, "sse")
     await lease.release()
     assert await app[LEASES].open_count(alice, "streams") == 0
+
+
+async def _usage_open(client: Any, headers: dict[str, str]) -> Any:
+    resp = await client.get("/v1/usage", headers=headers)
+    return (await resp.json())["streams"]["streams"]["open"]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_open_streams_count_again_after_redis_lost_their_leases(
+        gateway: Callable[..., Any], redis_server: RedisServer, backend: str) -> None:
+    """Redis restarted empty (or an outage outlived the TTL): the heartbeat puts the open
+    streams' leases back, so the cap still holds instead of admitting two more."""
+    client = await gateway(ratelimit=limits(per_min=1000, max_streams=2, lease_ttl_s=1.0))
+    headers = {**bearer("alice"), "Accept": "text/event-stream"}
+    path = "/v1/events?channel=broadcast:news"
+    streams = [await client.get(path, headers=headers) for _ in range(2)]
+    assert [s.status for s in streams] == [200, 200]
+    redis_server.restart()
+    await asyncio.sleep(1.5)  # a few heartbeats (every TTL / 3), and past the TTL
+    assert await _usage_open(client, headers) == 2
+    extra = await client.get(path, headers=headers)
+    assert extra.status == 429
+    for stream in streams:
+        stream.close()
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_a_stream_admitted_while_redis_was_down_counts_once_it_is_back(
+        gateway: Callable[..., Any], redis_server: RedisServer, backend: str) -> None:
+    """A stream let in fail-open during an outage holds its slot once Redis answers again,
+    and gives it back when it closes."""
+    client = await gateway(ratelimit=limits(per_min=1000, max_streams=1, lease_ttl_s=1.0))
+    headers = {**bearer("alice"), "Accept": "text/event-stream"}
+    path = "/v1/events?channel=broadcast:news"
+    redis_server.kill()
+    try:
+        admitted = await client.get(path, headers=headers)
+        assert admitted.status == 200  # failure_mode "open"
+    finally:
+        redis_server.start()
+    await asyncio.sleep(1.5)  # the back-off has passed and a heartbeat has run
+    assert await _usage_open(client, headers) == 1
+    extra = await client.get(path, headers=headers)
+    assert extra.status == 429
+    admitted.close()
+    async with asyncio.timeout(2):
+        while True:
+            if await _usage_open(client, headers) == 0:
+                break
+            await asyncio.sleep(0.05)  # the release runs in the closed stream's handler

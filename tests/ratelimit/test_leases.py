@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -192,12 +192,13 @@ async def test_lease_keys_have_ttls(make_leases: LeasesFactory,
 @pytest.mark.parametrize("backend", ["redis"])
 async def test_redis_down_fails_open_or_closed(make_leases: LeasesFactory,
                                                redis_server: RedisServer) -> None:
-    """Lease store unreachable: open grants an unstored lease, closed answers 503."""
+    """Lease store unreachable: open grants a lease (stored once Redis is back), closed
+    answers 503."""
     opened = make_leases()
     closed = make_leases(failure_mode="closed")
     redis_server.kill()
     lease = await opened.acquire(ALICE, "sse")
-    assert not lease.stored
+    assert lease.stored  # the heartbeat adds it when Redis answers again
     await lease.release()
     with pytest.raises(DownstreamUnavailable):
         await closed.acquire(ALICE, "sse")
@@ -261,3 +262,62 @@ async def test_killed_process_leases_are_reclaimed(make_leases: LeasesFactory,
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+async def test_heartbeat_puts_back_leases_the_store_lost(make_leases: LeasesFactory,
+                                                         backend: str,
+                                                         request: pytest.FixtureRequest
+                                                         ) -> None:
+    """Leases gone from the store while still held (Redis restarted empty) are added back
+    by the next heartbeat; released ones are not."""
+    leases = make_leases(max_streams=2)
+    held = [await leases.acquire(ALICE, "sse") for _ in range(2)]
+    if backend == "redis":
+        request.getfixturevalue("redis_server").flushall()
+    else:
+        assert isinstance(leases.store, MemoryLeaseStore)
+        leases.store._sets.clear()
+    assert await leases.open_count(ALICE, "streams") == 0
+    await held[1].release()
+    await leases.refresh()
+    assert await leases.open_count(ALICE, "streams") == 1
+    await held[0].release()
+    assert await leases.open_count(ALICE, "streams") == 0
+
+
+class _SlowRestore(MemoryLeaseStore):
+    """A memory store whose restore waits for a go (a slow round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.calls: list[str] = []
+
+    async def restore(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
+        self.calls.append("restore")
+        self.entered.set()
+        await self.go.wait()
+        await super().restore(items, ttl_ms)
+
+    async def release(self, key: str, member: str) -> None:
+        self.calls.append("release")
+        await super().release(key, member)
+
+
+async def test_a_release_during_a_restore_lands_after_it() -> None:
+    """A lease released while the heartbeat is putting it back is released after the
+    restore reaches the store (on Redis the two may take different connections)."""
+    store = _SlowRestore()
+    leases = StreamLeases(store, RateLimitSettings(max_streams=2), prefix=PREFIX)
+    lease = await leases.acquire(ALICE, "sse")
+    store._sets.clear()  # the store lost it
+    heartbeat = asyncio.create_task(leases.refresh())
+    await store.entered.wait()
+    release = asyncio.create_task(lease.release())
+    await asyncio.sleep(0.05)
+    assert store.calls == ["restore"]  # the release waits
+    store.go.set()
+    await asyncio.gather(heartbeat, release)
+    assert store.calls == ["restore", "release"]
+    assert await leases.open_count(ALICE, "streams") == 0

@@ -14,12 +14,15 @@ from aiohttp.test_utils import TestClient
 from luki_gateway.app import create_app
 from luki_gateway.auth.principal import Principal, principal_of
 from luki_gateway.ratelimit.leases import LEASES
+from luki_gateway.ratelimit.limiter import LIMITER
+from luki_gateway.ratelimit.memory import MemoryLimiter
 from luki_gateway.ratelimit.quotas import TOKEN_QUOTA
 from luki_gateway.routes.access import RouteAccess, declare
 from luki_gateway.settings import Settings
 
 from ..conftest import bearer
 from ..redis_server import RedisServer
+from .conftest import FakeClock
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Any]
@@ -75,6 +78,25 @@ async def test_allowed_response_carries_every_header(limited_gateway: Callable[.
     assert resp.headers["X-RateLimit-Limit"] == "5"
     assert resp.headers["X-RateLimit-Remaining"] == "4"
     assert 59 <= int(resp.headers["X-RateLimit-Reset"]) <= 60
+
+
+@pytest.mark.parametrize("backend", ["memory"])
+async def test_reset_and_retry_after_never_exceed_the_window(
+        limited_gateway: Callable[..., Any], backend: str) -> None:
+    """A fresh window resets in exactly its length: float error in the memory limiter's
+    arithmetic (at a clock of 1000.1, 1000.1 + 3600 - 1000.1 > 3600) must not round the
+    headers up to a reset (or Retry-After) one second longer than the window."""
+    client = await limited_gateway(**limited(5, 1))
+    limiter = client.server.app[LIMITER]
+    assert isinstance(limiter, MemoryLimiter)
+    limiter.clock = FakeClock(1000.1)
+    resp = await client.get("/v1/test/ping", headers=bearer("alice"))
+    assert resp.status == 200
+    assert resp.headers["RateLimit"] == '"hour";r=0;t=3600, "minute";r=4;t=60'
+    assert resp.headers["X-RateLimit-Reset"] == "3600"
+    refused = await client.get("/v1/test/ping", headers=bearer("alice"))
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == "3600"
 
 
 async def test_over_the_limit_is_429_with_retry_after_and_policy(

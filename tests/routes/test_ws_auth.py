@@ -134,6 +134,23 @@ async def test_sse_ticket_and_channel_rules(gateway: Callable[..., Any]) -> None
     stream.close()
 
 
+async def test_sse_ticket_expiry_says_to_reconnect(gateway: Callable[..., Any]) -> None:
+    """An SSE stream whose ticket expires ends with an error event that tells the client to
+    reconnect with fresh credentials (it cannot send an ``auth`` message as a socket can)."""
+    client = await gateway()
+    resp = await client.post("/v1/auth/ticket", headers=bearer("alice", ttl_s=1))
+    ticket = (await resp.json())["ticket"]
+    stream = await client.get("/v1/events", params={"channel": "user:alice",
+                                                    "ticket": ticket})
+    assert stream.status == 200
+    event = await SseReader(stream).next(within=5)
+    assert event.event == "error"
+    error = event.json()["error"]
+    assert error["code"] == "UNAUTHENTICATED"
+    assert "reconnect" in error["message"] and "auth message" not in error["message"]
+    stream.close()
+
+
 async def test_publish_and_stats_need_scopes(gateway: Callable[..., Any]) -> None:
     """Publishing needs events:publish and /v1/stats needs admin:read."""
     client = await gateway()

@@ -13,7 +13,7 @@ from aiohttp import web
 from ..redis_client import make_redis, redis_of
 from ..settings import SETTINGS, Settings
 from .key_file_store import FileKeyStore
-from .key_record import KeyStore
+from .key_record import KeyStore, StoreUnavailable
 from .key_redis_store import RedisKeyStore
 
 log = structlog.get_logger("luki.auth")
@@ -21,6 +21,9 @@ log = structlog.get_logger("luki.auth")
 KEY_STORE = web.AppKey("key_store", KeyStore)
 # How long shutdown waits for the last-used flusher to stop.
 CLOSE_WAIT_S = 2.0
+# How often each process looks for revocations made elsewhere (streams opened with a
+# revoked key end this long after the revocation, at most, plus a round trip).
+REVOCATION_POLL_S = 0.5
 
 
 def open_store(settings: Settings, redis: aioredis.Redis | None = None) -> KeyStore:
@@ -55,9 +58,21 @@ async def key_store_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(Exception):  # a Redis blip only delays last-used
                 await store.flush_last_used()
 
-    task = asyncio.create_task(flush_periodically(), name="luki-key-last-used")
+    async def poll_revocations() -> None:
+        while True:
+            await asyncio.sleep(REVOCATION_POLL_S)
+            try:
+                await store.poll_revocations()
+            except StoreUnavailable:
+                pass  # Redis away: requests say so; the feed is read again when it is back
+            except Exception:  # a bug here must not stop the polling for good
+                log.exception("revocation poll failed")
+
+    tasks = (asyncio.create_task(flush_periodically(), name="luki-key-last-used"),
+             asyncio.create_task(poll_revocations(), name="luki-key-revocations"))
     yield
-    task.cancel()
-    # Bounded: redis-py can swallow a cancel mid-call (then this loop would run on).
-    await asyncio.wait((task,), timeout=CLOSE_WAIT_S)
+    for task in tasks:
+        task.cancel()
+    # Bounded: redis-py can swallow a cancel mid-call (then a loop would run on).
+    await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
     await store.close()

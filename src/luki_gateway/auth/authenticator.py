@@ -81,6 +81,29 @@ class Authenticator:
             self._refused(failure.reason)
             raise
 
+    async def recheck(self, principal: Principal) -> None:
+        """Raise AuthFailure when an open connection's API key is no longer active
+        (revoked or expired since it authenticated), as a new request with it would be.
+
+        No I/O while the store holds the record (its cache). When the store cannot be
+        asked, the connection keeps the credentials it opened with: it is refused once the
+        store answers again, not for an outage.
+        """
+        key_hash = principal.key_hash
+        if key_hash is None:
+            return
+        record = self._store.cached(key_hash)
+        if record is None:
+            try:
+                record = await self._store.get(key_hash)
+            except StoreUnavailable:
+                return
+        try:
+            self._check_record(record, key_hash)
+        except AuthFailure as failure:
+            self._refused(failure.reason)
+            raise
+
     def mint_ticket(self, principal: Principal) -> tuple[str, int]:
         """A stream ticket for ``principal`` and its lifetime in seconds."""
         return self._tickets.mint(principal)
@@ -142,6 +165,10 @@ class Authenticator:
             self._metrics.fail("store_unavailable")
             log.warning("api key store unavailable")
             raise DownstreamUnavailable("credential store unavailable") from None
+        return self._check_record(record, key_hash)
+
+    def _check_record(self, record: ApiKeyRecord | None, key_hash: str) -> ApiKeyRecord:
+        """``record`` if it is the active record of ``key_hash``; AuthFailure otherwise."""
         # The lookup is by hash; compare in constant time anyway (defence in depth).
         if record is None or not hmac.compare_digest(record.key_hash, key_hash):
             raise AuthFailure("unknown_key", "API key not valid")

@@ -33,14 +33,20 @@ T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Longer lifetimes are typos; far enough out, an expiry is no date at all (year > 9999).
+MAX_DURATION_S = 3650 * 86400
 
 
 def parse_duration(text: str) -> int:
-    """'30d', '12h', '15m', '90s' or plain seconds -> seconds (> 0)."""
+    """'30d', '12h', '15m', '90s' or plain seconds -> seconds (> 0, at most ten years)."""
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None or int(match[1]) <= 0:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30d, 12h, 3600)")
-    return int(match[1]) * _UNIT_S[match[2]]
+    seconds = int(match[1]) * _UNIT_S[match[2]]
+    if seconds > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(
+            f"duration too long: {text!r} (at most {MAX_DURATION_S // 86400}d)")
+    return seconds
 
 
 def _store_call(settings: Settings, call: Callable[[KeyStore], Awaitable[T]]) -> T:
@@ -68,6 +74,13 @@ def _owner(value: str) -> str:
     return value
 
 
+def _subject(value: str) -> str:
+    """argparse type: a JWT subject the gateway accepts (and forwards as a header)."""
+    if not value.strip() or not value.isprintable() or len(value) > 256:
+        raise argparse.ArgumentTypeError("must be 1..256 printable characters, not blank")
+    return value
+
+
 def _scope(value: str) -> str:
     """argparse type: one scope: no spaces (X-LUKi-Scopes is space-separated)."""
     if not value or not value.isprintable() or any(c.isspace() for c in value):
@@ -83,7 +96,12 @@ def _err(message: str) -> None:
 def _when(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        # No date shows it (stored before durations were capped): the raw epoch seconds,
+        # so the listing still works and shows what is stored.
+        return str(ts)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -95,8 +113,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings_from_args(args, **extra)
 
 
-def _persistent(settings: Settings) -> bool:
-    return bool(settings.redis_url or settings.auth.api_keys_file)
+def _no_store(settings: Settings) -> bool:
+    """True (and said on stderr) when no key store is configured: without one, the CLI
+    would talk to an empty in-memory store of its own, not the gateway's keys."""
+    if settings.redis_url or settings.auth.api_keys_file:
+        return False
+    _err("no key store: set API_KEYS_FILE (or --keys-file) or REDIS_URL")
+    return True
 
 
 def _record_json(record: ApiKeyRecord, now: float) -> dict[str, Any]:
@@ -109,8 +132,7 @@ def _record_json(record: ApiKeyRecord, now: float) -> dict[str, Any]:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create a key, print it once on stdout."""
     settings = _settings(args)
-    if not _persistent(settings):
-        _err("no key store: set API_KEYS_FILE (or --keys-file) or REDIS_URL")
+    if _no_store(settings):
         return 2
     env: KeyEnv = args.env
     if env != "live" and settings.is_production and not settings.auth.allow_test_keys_in_production:
@@ -134,7 +156,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """List keys: id, prefix…last4, owner, scopes, created, last used, status."""
     settings = _settings(args)
-
+    if _no_store(settings):
+        return 2
     records = _store_call(settings, lambda store: store.list())
     now = time.time()
     rows = [_record_json(r, now) for r in records]
@@ -156,6 +179,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """Revoke by id or by the whole key."""
     settings = _settings(args)
+    if _no_store(settings):
+        return 2
     target: str = args.key_or_id.strip()
     if target.startswith("sk_"):
         target = hash_key(target, settings.auth.api_key_pepper)
@@ -225,7 +250,7 @@ def add_auth_commands(sub: Any, add_settings_flags: Callable[[argparse.ArgumentP
 
     p = sub.add_parser("token", help="mint a development JWT (HS256; refused in production)")
     add_settings_flags(p)
-    p.add_argument("--sub", default="dev", help="subject (default: dev)")
+    p.add_argument("--sub", default="dev", type=_subject, help="subject (default: dev)")
     p.add_argument("--scope", action="append", type=_scope, help="scope (repeatable)")
     p.add_argument("--role", action="append", help="role claim (repeatable)")
     p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime (default 1h)")

@@ -184,6 +184,14 @@ class JwtVerifier:
                 if isinstance(exc, cls):
                     raise AuthFailure(reason, message) from None
             raise AuthFailure("malformed", "token malformed") from None
+        # PyJWT reads "exp": "1700000000" (or true) as a number, but a NumericDate is a JSON
+        # number (RFC 7519) and every later check (token cache, tickets, the hub's expiry
+        # sweep) reads only numbers: such a token would never expire there.
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool)
+                                   or not isinstance(value, (int, float))):
+                raise AuthFailure("claims", f"token {name} is not a number")
         return claims
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:

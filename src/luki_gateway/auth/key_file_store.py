@@ -19,7 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .key_record import ApiKeyRecord, LastUsedBuffer, StoreUnavailable, matches_id
+from .key_record import (
+    ApiKeyRecord,
+    LastUsedBuffer,
+    RevokedKeys,
+    StoreUnavailable,
+    matches_id,
+)
 
 _FORMAT_VERSION = 1
 _UNREAD = (-1, -1, -1)
@@ -33,6 +39,7 @@ class FileKeyStore(LastUsedBuffer):
         self._path = Path(path) if path else None
         self._records: dict[str, ApiKeyRecord] = {}
         self._stamp: tuple[int, int, int] | None = _UNREAD
+        self.revoked = RevokedKeys()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -66,6 +73,10 @@ class FileKeyStore(LastUsedBuffer):
             return
         self._records = self._read_file()
         self._stamp = stamp
+        self._note_revoked()
+
+    def _note_revoked(self) -> None:
+        self.revoked.add(h for h, r in self._records.items() if r.revoked)
 
     async def get(self, key_hash: str) -> ApiKeyRecord | None:
         """The record for a hash, re-reading the file first if it changed."""
@@ -126,13 +137,21 @@ class FileKeyStore(LastUsedBuffer):
             self._stamp = self._current_stamp()
         return result
 
+    async def _write(self, change: Callable[[dict[str, ApiKeyRecord]], Any]) -> Any:
+        """:meth:`_modify` in a worker thread. The records it re-read may hold another
+        writer's revocations (and the file stamp is current now, so no later re-read will
+        notice them): note them here, on the loop, where the listeners run."""
+        result = await asyncio.to_thread(self._modify, change)
+        self._note_revoked()
+        return result
+
     async def add(self, record: ApiKeyRecord) -> None:
         """Store a new record."""
 
         def change(records: dict[str, ApiKeyRecord]) -> None:
             records[record.key_hash] = record
 
-        await asyncio.to_thread(self._modify, change)
+        await self._write(change)
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         """Revoke by id or hash; None when no record (or more than one) matches."""
@@ -145,7 +164,7 @@ class FileKeyStore(LastUsedBuffer):
             records[revoked.key_hash] = revoked
             return revoked
 
-        result: ApiKeyRecord | None = await asyncio.to_thread(self._modify, change)
+        result: ApiKeyRecord | None = await self._write(change)
         return result
 
     async def flush_last_used(self) -> None:
@@ -160,7 +179,11 @@ class FileKeyStore(LastUsedBuffer):
                 if record is not None and (record.last_used_at or 0) < when:
                     records[key_hash] = replace(record, last_used_at=when)
 
-        await asyncio.to_thread(self._modify, change)
+        await self._write(change)
+
+    async def poll_revocations(self) -> None:
+        """Re-read the file if it changed (a revocation written by another process)."""
+        self._refresh()
 
     async def close(self) -> None:
         """Flush pending last-used times."""

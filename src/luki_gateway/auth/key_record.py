@@ -10,8 +10,11 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
+
+from ..bounded import remember
 
 KeyEnv = Literal["live", "test", "dev"]
 KEY_ENVS: tuple[KeyEnv, ...] = ("live", "test", "dev")
@@ -131,6 +134,46 @@ class LastUsedBuffer:
         return pending
 
 
+# Revoked keys remembered per process (more starts over: their streams were ended by then).
+_REVOKED_MAX = 100_000
+
+
+class RevokedKeys:
+    """Hashes of the keys this process has seen revoked, and who to tell about new ones.
+
+    Streams opened with a key live on after the request that authenticated them: the hub
+    ends those of a key that shows up here (a set lookup per connection, no store call).
+    """
+
+    __slots__ = ("_hashes", "_listeners")
+
+    def __init__(self) -> None:
+        self._hashes: dict[str, None] = {}
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
+
+    def __contains__(self, key_hash: object) -> bool:
+        return key_hash in self._hashes
+
+    def add(self, hashes: Iterable[str]) -> None:
+        """Note revoked keys; the listeners hear of those not known before."""
+        new = frozenset(h for h in hashes if h not in self._hashes)
+        if not new:
+            return
+        for key_hash in new:
+            remember(self._hashes, key_hash, None, _REVOKED_MAX)
+        for listener in list(self._listeners):
+            listener(new)
+
+    def listen(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Call ``listener`` with every batch of newly revoked key hashes."""
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+
 class StoreUnavailable(Exception):
     """The key store cannot be read right now (Redis down); not the caller's fault."""
 
@@ -142,6 +185,9 @@ def matches_id(record: ApiKeyRecord, key_id: str) -> bool:
 
 class KeyStore(Protocol):
     """What both stores (file, Redis) offer; they pass one test suite."""
+
+    # Keys seen revoked by this process (by any writer: other processes, the CLI).
+    revoked: RevokedKeys
 
     async def get(self, key_hash: str) -> ApiKeyRecord | None:
         """The record for a hash, or None (raises StoreUnavailable when it cannot tell)."""
@@ -163,6 +209,9 @@ class KeyStore(Protocol):
 
     async def flush_last_used(self) -> None:
         """Write the pending last-used times."""
+
+    async def poll_revocations(self) -> None:
+        """Learn revocations made elsewhere into ``revoked`` (a cheap, periodic call)."""
 
     async def close(self) -> None:
         """Flush and release resources."""

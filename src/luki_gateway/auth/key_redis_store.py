@@ -3,6 +3,12 @@
 Fields: ``record`` (JSON of the record) and ``last_used_at``. A key without expiry has no
 TTL (it lives until revoked: that is its purpose); revoked and expired keys are kept for
 ``RETAIN_S`` for audit and listing, then Redis drops them.
+
+Every revocation is also appended to the stream ``<prefix>keys:revoked`` (capped at
+``FEED_MAX`` entries, gone ``FEED_TTL_S`` after the last one). Each gateway process reads
+what is new there twice a second, one call whatever the number of open streams, and ends
+the streams of those keys. (Not under ``<prefix>key:``: that pattern is scanned for
+records.)
 """
 
 from __future__ import annotations
@@ -18,9 +24,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..bounded import remember
-from .key_record import ApiKeyRecord, LastUsedBuffer, StoreUnavailable, matches_id
+from .key_record import (
+    ApiKeyRecord,
+    LastUsedBuffer,
+    RevokedKeys,
+    StoreUnavailable,
+    matches_id,
+)
 
 RETAIN_S = 30 * 86400
+# The revocation feed: a process away longer than FEED_TTL_S has no stream open from then.
+FEED_MAX = 1000
+FEED_TTL_S = 86400
 
 # Set last_used_at only on keys that still exist (never resurrect a dropped record).
 _CACHE_MAX = 10_000  # records cached per process (a flood of keys cannot grow it)
@@ -43,6 +58,9 @@ class RedisKeyStore(LastUsedBuffer):
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
         self._owns_client = owns_client
+        self.revoked = RevokedKeys()
+        self._feed = f"{prefix}keys:revoked"
+        self._feed_after = "0-0"  # the last feed entry read
 
     def _key(self, key_hash: str) -> str:
         return f"{self._prefix}{key_hash}"
@@ -80,6 +98,8 @@ class RedisKeyStore(LastUsedBuffer):
             self._cache.pop(key_hash, None)
         else:
             remember(self._cache, key_hash, (now, record), _CACHE_MAX)
+            if record.revoked:
+                self.revoked.add((key_hash,))
         return record
 
     async def _put(self, record: ApiKeyRecord) -> None:
@@ -88,10 +108,15 @@ class RedisKeyStore(LastUsedBuffer):
             pipe.hset(key, "record", json.dumps(record.as_json()))
             if record.revoked:
                 pipe.expire(key, RETAIN_S)
+                pipe.xadd(self._feed, {"h": record.key_hash}, maxlen=FEED_MAX,
+                          approximate=True)
+                pipe.expire(self._feed, FEED_TTL_S)
             elif record.expires_at is not None:
                 pipe.expireat(key, int(record.expires_at) + RETAIN_S)
             await pipe.execute()
         self._cache.pop(record.key_hash, None)
+        if record.revoked:
+            self.revoked.add((record.key_hash,))
 
     async def add(self, record: ApiKeyRecord) -> None:
         """Store a new record."""
@@ -130,6 +155,25 @@ class RedisKeyStore(LastUsedBuffer):
         keys = [self._key(h) for h in pending]
         await self._redis.eval(_TOUCH_EXISTING, len(keys), *keys,
                                *(repr(when) for when in pending.values()))
+
+    async def poll_revocations(self) -> None:
+        """Read the revocation feed past the last entry seen; drop those keys' cached
+        records (their next use reads the revoked record) and note them revoked."""
+        try:
+            found: Any = await self._redis.xread({self._feed: self._feed_after},
+                                                count=FEED_MAX)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        hashes: list[str] = []
+        for _stream, entries in found:
+            for entry_id, fields in entries:
+                self._feed_after = entry_id.decode()
+                key_hash = fields.get(b"h")
+                if key_hash is not None:
+                    hashes.append(key_hash.decode())
+        for key_hash in hashes:
+            self._cache.pop(key_hash, None)
+        self.revoked.add(hashes)
 
     async def close(self) -> None:
         """Flush pending last-used times; close the client if this store opened it."""

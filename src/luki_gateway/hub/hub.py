@@ -3,7 +3,9 @@
 One ``Hub`` per app (``app[HUB]``), opened by ``hub_ctx``. Fan-out hands each event's shared
 bytes to every local subscriber without awaiting any socket; one sweep task per process pings
 WebSocket peers, sends SSE keep-alive comments, closes dead or lost connections and ends those
-whose credentials expired (no per-connection timers or tasks).
+whose credentials expired (no per-connection timers or tasks). Connections of an API key
+that gets revoked end as soon as the key store learns of it (``close_revoked``); the sweep
+ends any that registered in between.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import contextlib
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
+from ..auth.api_keys import KEY_STORE
 from ..errors import Unauthenticated
 from ..metrics import REGISTRY
 from ..redis_client import redis_of
@@ -35,6 +38,12 @@ log = structlog.get_logger("luki.hub")
 
 # Credential expiry is noticed within this long (pings go out every ws_heartbeat_s).
 SWEEP_MAX_INTERVAL_S = 1.0
+REVOKED_MESSAGE = "API key revoked"
+# A socket can refresh its credentials in place; an SSE client can only come back.
+EXPIRED_MESSAGES = {
+    "ws": "credentials expired; send an auth message with a fresh token before expiry",
+    "sse": "credentials expired; reconnect with a fresh ticket or token",
+}
 
 
 class _Group:
@@ -79,6 +88,8 @@ class Hub:
         self.delivered = 0
         self.draining = False
         self._sweep: asyncio.Task[None] | None = None
+        # Hashes of API keys known revoked (the key store's set; hub_ctx links it).
+        self.revoked: Container[str] = frozenset()
 
     # -- connections -----------------------------------------------------------------------
 
@@ -310,15 +321,19 @@ class Hub:
         """
         now = self.clock()
         deepest = 0
+        revoked = self.revoked
         for sub in list(self.connections.values()):
             if sub.protocol.transport is None:
                 sub.close()  # the client left: wakes its handler, frees its subscriptions
                 continue
+            key_hash = sub.principal.key_hash
+            if key_hash is not None and key_hash in revoked:
+                # Registered after close_revoked ran (authenticated just before).
+                sub.close(error=Unauthenticated(REVOKED_MESSAGE), code=4401)
+                continue
             expires_at = sub.principal.expires_at
             if expires_at is not None and expires_at <= now:
-                sub.close(error=Unauthenticated("credentials expired; send an auth message "
-                                                "with a fresh token before expiry"),
-                          code=4401)
+                sub.close(error=Unauthenticated(EXPIRED_MESSAGES[sub.kind]), code=4401)
                 continue
             if ping if sub.kind == "ws" else sse_ping:
                 sub.heartbeat()
@@ -326,6 +341,13 @@ class Hub:
         self.metrics.queue_depth.set(deepest)
         if ping and isinstance(self.broker, MemoryBroker):
             self.broker.history.prune()  # idle channels' rings, once per heartbeat interval
+
+    def close_revoked(self, key_hashes: frozenset[str]) -> None:
+        """End every connection authenticated by one of these API keys, revoked just now
+        (WS 4401 / SSE ``error``, as for expired credentials)."""
+        for sub in list(self.connections.values()):
+            if sub.principal.key_hash in key_hashes:
+                sub.close(error=Unauthenticated(REVOKED_MESSAGE), code=4401)
 
     def shutdown(self) -> None:
         """Tell every open stream to reconnect elsewhere (WS 1012 / SSE ``reconnect``)."""
@@ -401,9 +423,15 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("streaming hub without REDIS_URL under several workers: a publish reaches "
                     "only the subscribers of the worker that received it", workers=settings.workers)
     app[HUB] = hub
+    store = app.get(KEY_STORE)
+    if store is not None:
+        hub.revoked = store.revoked
+        store.revoked.listen(hub.close_revoked)
     await hub.broker.start()
     hub.start()
     yield
+    if store is not None:
+        store.revoked.unlisten(hub.close_revoked)
     await hub.close()
     await hub.broker.close()
 

@@ -2,7 +2,9 @@
 
 A lease is a member scored by its expiry time. Holders refresh the expiry by heartbeat;
 members whose expiry passed (their process died) are pruned before every count, so a
-crashed process's leases come back by themselves after one TTL. Keys expire one second after
+crashed process's leases come back by themselves after one TTL. A live holder whose leases
+the store lost (Redis restarted, or stayed away longer than the TTL) puts them back on its
+next heartbeat. Keys expire one second after
 their newest member would, so an idle key never outlives its leases.
 """
 
@@ -28,13 +30,31 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 1000)
 return {1, held + 1}
 """)
 
-# KEYS and ARGV[2..] pair up: key i holds member i. Re-adds a member pruned during an outage.
+# KEYS and ARGV[2..] pair up: key i holds member i. Extends only members still there and
+# returns the indexes of the others: a refresh that reaches Redis after the lease's release
+# (another connection's batch may overtake it) must not bring the lease back, so the holder
+# decides what to re-add (RESTORE) from what it still holds once the answer is in.
 REFRESH = LuaScript(_NOW + """
 local ttl = tonumber(ARGV[1])
+local missing = {}
 for i = 1, #KEYS do
-  -- XX: only members still there. A refresh that reaches Redis after the lease's release
-  -- (another connection's batch may overtake it) must not bring the lease back.
-  redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[i + 1])
+  if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
+    redis.call('PEXPIRE', KEYS[i], ttl + 1000)
+  else
+    missing[#missing + 1] = i
+  end
+end
+return missing
+""")
+
+# Puts back leases the store lost while their streams stayed open (Redis restarted empty,
+# an outage longer than the TTL, or the lease was granted fail-open). No cap check: the
+# streams are open already, and counting them is what keeps the cap honest.
+RESTORE = LuaScript(_NOW + """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], ttl + 1000)
 end
 return #KEYS
@@ -59,8 +79,13 @@ class LeaseStore(Protocol):
     async def acquire(self, key: str, member: str, limit: int, ttl_ms: int) -> bool:
         """Add ``member`` unless ``limit`` live members are already held."""
 
-    async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
-        """Push the expiry of every (key, member) to now + ttl."""
+    async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int
+                      ) -> list[tuple[str, str]]:
+        """Push the expiry of every (key, member) still there to now + ttl; returns the
+        items that were not there."""
+
+    async def restore(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
+        """Add every (key, member) with expiry now + ttl, whatever the cap."""
 
     async def release(self, key: str, member: str) -> None:
         """Remove ``member``."""
@@ -80,11 +105,22 @@ class RedisLeaseStore:
         ok, _held = await self.batch.run(ACQUIRE, [key], [member, limit, ttl_ms])
         return bool(ok)
 
-    async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
-        """Heartbeat: extend every lease still held by this process."""
+    async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int
+                      ) -> list[tuple[str, str]]:
+        """Heartbeat: extend every lease still held by this process; returns the missing."""
+        missing: list[tuple[str, str]] = []
         for start in range(0, len(items), REFRESH_CHUNK):
             chunk = items[start:start + REFRESH_CHUNK]
-            await self.batch.run(REFRESH, [k for k, _ in chunk],
+            indexes = await self.batch.run(REFRESH, [k for k, _ in chunk],
+                                           [ttl_ms, *(m for _, m in chunk)])
+            missing += [chunk[int(i) - 1] for i in indexes]
+        return missing
+
+    async def restore(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
+        """Put lost leases back."""
+        for start in range(0, len(items), REFRESH_CHUNK):
+            chunk = items[start:start + REFRESH_CHUNK]
+            await self.batch.run(RESTORE, [k for k, _ in chunk],
                                  [ttl_ms, *(m for _, m in chunk)])
 
     async def release(self, key: str, member: str) -> None:
@@ -121,13 +157,25 @@ class MemoryLeaseStore:
         self._sets[key] = members
         return True
 
-    async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
-        """Extend each lease's expiry (never bringing back a released one)."""
+    async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int
+                      ) -> list[tuple[str, str]]:
+        """Extend each lease's expiry (never bringing back a released one); returns the
+        items not held."""
         expiry = self.clock() + ttl_ms / 1000
+        missing: list[tuple[str, str]] = []
         for key, member in items:
             members = self._sets.get(key)
             if members is not None and member in members:
                 members[member] = expiry
+            else:
+                missing.append((key, member))
+        return missing
+
+    async def restore(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
+        """Add each lease back, whatever the cap."""
+        expiry = self.clock() + ttl_ms / 1000
+        for key, member in items:
+            self._sets.setdefault(key, {})[member] = expiry
 
     async def release(self, key: str, member: str) -> None:
         """Drop the member (and the key once empty)."""

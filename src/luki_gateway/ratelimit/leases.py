@@ -11,7 +11,10 @@ Usage (SSE/WS handlers, chat turns)::
 Kinds ``sse`` and ``chat`` share the ``max_streams`` cap, ``ws`` has ``max_ws_per_user``;
 0 means unlimited (then the lease is only counted locally, no Redis call). One heartbeat
 task refreshes every lease this process holds every ``lease_ttl_s / 3`` in one coalesced
-round trip; a process that dies stops refreshing and its leases expire after the TTL.
+round trip; a process that dies stops refreshing and its leases expire after the TTL. Leases
+the store lost while their streams stayed open (Redis restarted, an outage longer than the
+TTL, or granted fail-open while Redis was down) are put back by the next heartbeat that
+reaches Redis, so they count against the cap again.
 Anonymous callers (auth disabled) are not capped: they share one identity.
 """
 
@@ -38,6 +41,7 @@ from .lease_store import (
     COUNT,
     REFRESH,
     RELEASE,
+    RESTORE,
     LeaseStore,
     MemoryLeaseStore,
     RedisLeaseStore,
@@ -53,8 +57,9 @@ log = structlog.get_logger("luki.ratelimit")
 class Lease:
     """One open stream's claim on its principal's cap; release it when the stream ends.
 
-    A lease that is only counted here (unlimited, anonymous, or failed open) carries no
-    key or member strings: an idle stream holding it costs its few slots and no more.
+    A lease that is only counted here (unlimited or anonymous) carries no key or member
+    strings: an idle stream holding it costs its few slots and no more. One granted
+    fail-open carries them, so the heartbeat can add it once Redis answers again.
     """
 
     __slots__ = ("_owner", "key", "kind", "member", "owner_id", "released")
@@ -70,7 +75,8 @@ class Lease:
 
     @property
     def stored(self) -> bool:
-        """True when the lease is held in the store (counted across processes)."""
+        """True when the lease belongs in the store (counted across processes; one granted
+        fail-open gets there with the first heartbeat Redis answers)."""
         return self.member is not None
 
     async def release(self) -> None:
@@ -106,6 +112,9 @@ class StreamLeases:
         self._total = 0
         self._tag = os.urandom(6).hex()
         self._seq = itertools.count()
+        # The heartbeat's RESTORE in flight: a release waits for it, or a release on
+        # another pooled connection could overtake it and the lease would come back.
+        self._restoring: asyncio.Future[None] | None = None
 
     def limit_for(self, kind: str) -> int:
         """The cap for ``kind`` (0 = unlimited)."""
@@ -139,7 +148,8 @@ class StreamLeases:
                         "stream lease store unavailable",
                         details={"reason": "lease_store_unavailable"},
                         headers={"Retry-After": "1"}) from None
-                key = member = None
+                # Keep key and member: the heartbeat adds the lease once Redis is back, or
+                # the stream would never count against the cap.
             else:
                 if not granted:
                     self._count("rejected", group)
@@ -177,11 +187,17 @@ class StreamLeases:
         if self.metrics is not None:
             self.metrics.lease_held(lease.kind, -1)
         if lease.key is not None and lease.member is not None:
-            try:
-                # Shielded: a release from a cancelled handler still reaches Redis.
-                await asyncio.shield(self.store.release(lease.key, lease.member))
-            except BackendUnavailable as exc:
-                self.errors.failure(exc)  # it expires by itself after the TTL
+            # Shielded: a release from a cancelled handler still reaches Redis.
+            await asyncio.shield(self._release(lease.key, lease.member))
+
+    async def _release(self, key: str, member: str) -> None:
+        restoring = self._restoring
+        if restoring is not None:
+            await asyncio.wait([restoring])
+        try:
+            await self.store.release(key, member)
+        except BackendUnavailable as exc:
+            self.errors.failure(exc)  # it expires by itself after the TTL
 
     def held_here(self, principal: Principal, group: str) -> int:
         """Leases of ``group`` this process holds for ``principal``."""
@@ -201,13 +217,24 @@ class StreamLeases:
         return self._total
 
     async def refresh(self) -> None:
-        """One heartbeat: extend every stored lease this process holds, in one round trip."""
+        """One heartbeat: extend every stored lease this process holds, in one round trip,
+        then put back those the store lost and this process still holds."""
         items = [(lease.key, lease.member) for lease in self._held.values()
                  if lease.key is not None and lease.member is not None]
         if not items:
             return
         try:
-            await self.store.refresh(items, self.ttl_ms)
+            missing = await self.store.refresh(items, self.ttl_ms)
+            # Released while the refresh was on its way: gone for good, not lost.
+            lost = [(key, member) for key, member in missing if member in self._held]
+            if lost:
+                restore = asyncio.ensure_future(self.store.restore(lost, self.ttl_ms))
+                self._restoring = restore
+                try:
+                    await restore
+                finally:
+                    self._restoring = None
+                log.info("stream leases restored", count=len(lost))
         except BackendUnavailable as exc:
             self.errors.failure(exc)
 
@@ -242,7 +269,7 @@ async def leases_ctx(app: web.Application) -> AsyncIterator[None]:
         store = RedisLeaseStore(ScriptBatch(
             redis, timeout_s=settings.redis_timeout_s, what="leases",
             on_error=metrics.count_backend_errors if metrics else None))
-        await store.batch.preload(ACQUIRE, REFRESH, RELEASE, COUNT)
+        await store.batch.preload(ACQUIRE, REFRESH, RESTORE, RELEASE, COUNT)
     leases = StreamLeases(store, settings.ratelimit, prefix=settings.redis_prefix,
                           metrics=metrics)
     app[LEASES] = leases

@@ -41,11 +41,17 @@ class _Log:
         for at, cost in self.entries:
             freed += cost
             if freed >= units:
-                return at + self.window_s - now
+                return self._until(at, now)
         return self.window_s
 
     def reset_s(self, now: float) -> float:
-        return self.entries[0][0] + self.window_s - now if self.entries else 0.0
+        return self._until(self.entries[0][0], now) if self.entries else 0.0
+
+    def _until(self, at: float, now: float) -> float:
+        """Seconds until an entry recorded at ``at`` ages out. Clamped: ``at + window - now``
+        can exceed the window by float error when ``at == now``, and the headers round up
+        (a reset of 3601 in a 3600 s window)."""
+        return min(self.window_s, at + self.window_s - now)
 
 
 class MemoryLimiter:

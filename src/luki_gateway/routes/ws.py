@@ -80,6 +80,8 @@ class _Session:
         # Replies to a failed message carry its client id (chat turns run several at once).
         echo = {"id": data["id"]} if "id" in data else {}
         try:
+            if kind != "auth" and not await self.still_valid():
+                return False
             if kind == "subscribe":
                 await self.subscribe(data)
             elif kind == "unsubscribe":
@@ -103,6 +105,17 @@ class _Session:
             log.exception("ws message handler failed", type=kind[:64])
             self.error(InternalError(), **echo)
         return False
+
+    async def still_valid(self) -> bool:
+        """False, with the socket closed 4401 as the hub's sweep would, when its API key
+        was revoked (or expired) since it authenticated: a message is refused as soon as
+        a request with that key would be."""
+        try:
+            await self.request.app[AUTHENTICATOR].recheck(self.conn.principal)
+        except Unauthenticated as err:
+            self.conn.close(error=err, code=4401)
+            return False
+        return True
 
     async def subscribe(self, data: dict[str, Any]) -> None:
         hub = self.request.app[HUB]
