@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from luki_gateway.devstack.agent import reply_tokens
 from luki_gateway.hub.turns import LOST_SEQ, MAX_TURN_STREAMS, TurnLost, TurnRegistry
 from luki_gateway.settings import ChatSettings
+from tests.chat.dead_owner import turn_of_a_dead_process
 from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
 
@@ -349,13 +350,7 @@ async def test_a_turn_whose_process_died_ends_once_for_everyone(
     """The process running a turn dies (here: a registry that stops writing, its last
     events maybe never flushed): the follower's client gets one error with a new id, and a
     reconnect with that id gets 204 — not the same error again after another wait."""
-    redis = aioredis.Redis.from_url(redis_url)
-    owner = TurnRegistry(ChatSettings(), redis, "lgw:")
-    try:
-        dead = owner.create("t_dead", "jwt:alice")
-        for i in range(3):
-            dead.publish("token", b'{"text": "%d"}' % i, str(i))
-        await owner.flush()
+    async with turn_of_a_dead_process(redis_url):
         agent = await start_agent()
         gw = await chat_gateway(agent, redis_url=redis_url,
                                 chat={"idle_timeout_s": 0.3, "resume_grace_s": 0.2})
@@ -371,8 +366,6 @@ async def test_a_turn_whose_process_died_ends_once_for_everyone(
         for seq, ids in ((1, ["t_dead:2", "t_dead:3"]), (40, [])):
             resp = await _resume_on(gw, "t_dead", seq)
             assert [e.id for e in await read_events(resp)] == [*ids, f"t_dead:{LOST_SEQ}"]
-    finally:
-        await redis.aclose()
 
 
 async def test_a_turn_whose_process_died_before_its_first_event_ends_once(

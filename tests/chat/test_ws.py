@@ -8,12 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse
 
 from luki_gateway.devstack.agent import reply_tokens
-from luki_gateway.hub.turns import LOST_SEQ, TurnRegistry
-from luki_gateway.settings import ChatSettings
+from luki_gateway.hub.turns import LOST_SEQ
+from tests.chat.dead_owner import turn_of_a_dead_process
 from tests.chat.sse_client import Received, read_events
 from tests.conftest import bearer
 
@@ -322,13 +321,7 @@ async def test_ws_cancel_of_a_followed_turn_whose_process_died(
     """cancel {id} of a followed turn whose process is dead: nobody can stop it, so the
     client gets the turn's one stored end (the error every resume of it gets, with its
     seq), not a made-up done without seq or usage that a later resume contradicts."""
-    redis = aioredis.Redis.from_url(redis_url)
-    owner = TurnRegistry(ChatSettings(), redis, "lgw:")
-    try:
-        dead = owner.create("t_dead", "jwt:alice")
-        for i in range(3):
-            dead.publish("token", b'{"text": "%d"}' % i, str(i))
-        await owner.flush()
+    async with turn_of_a_dead_process(redis_url):
         gw = await chat_gateway(await start_agent(), redis_url=redis_url)
         ws = await _connect(gw)
         await ws.send_json({"type": "resume", "id": "r", "turn_id": "t_dead", "last_seq": 2})
@@ -341,8 +334,6 @@ async def test_ws_cancel_of_a_followed_turn_whose_process_died(
         resumed = await _resume_sse(gw, "t_dead", 2)
         assert [e.id for e in resumed] == ["t_dead:3", f"t_dead:{LOST_SEQ}"]
         await ws.close()
-    finally:
-        await redis.aclose()
 
 
 async def test_ws_cancel_elsewhere_while_the_owner_still_has_a_listener(
