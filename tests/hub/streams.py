@@ -129,6 +129,16 @@ async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None
             await asyncio.sleep(0.01)
 
 
+async def stall_only_subscriber(hub: Any, channel: str, writer: asyncio.StreamWriter) -> Any:
+    """The one connection on ``channel``, once subscribed, made to back up at once: a small
+    kernel send buffer on the gateway's side, and its client (``writer``) stops reading."""
+    await wait_until(lambda: hub.local_count(channel) == 1)
+    sub = next(iter(hub.connections.values()))
+    sub.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stop_reading(writer)
+    return sub
+
+
 def ws_client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """A masked client-to-server frame (for sending from ``stalled_ws``)."""
     mask = os.urandom(4)

@@ -16,6 +16,7 @@ from luki_gateway.hub.hub import HUB, Hub
 
 from .streams import (
     resume_reading,
+    stall_only_subscriber,
     stalled_sse,
     stalled_ws,
     stop_reading,
@@ -132,11 +133,7 @@ async def test_slow_sse_stream_is_disconnected_with_a_final_error(
                                 "queue_max_bytes": QUEUE_BYTES, "queue_max_messages": 100})
     hub = _hub(client)
     reader, writer = await stalled_sse(client.host, client.port, f"/v1/events?channel={CHANNEL}")
-    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
-    stalled = next(iter(hub.connections.values()))
-    stalled.transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    stop_reading(writer)
+    await stall_only_subscriber(hub, CHANNEL, writer)
     worst = await _publish_burst(client, hub)
     assert worst <= QUEUE_BYTES
     assert hub.slow_actions["disconnect"] == 1
@@ -159,11 +156,7 @@ async def test_reply_to_a_backlogged_socket_drops_old_events_not_the_socket(
     reader, writer = await stalled_ws(client.host, client.port)
     writer.write(ws_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
     await writer.drain()
-    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
-    stalled = next(iter(hub.connections.values()))
-    stalled.transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    stop_reading(writer)
+    stalled = await stall_only_subscriber(hub, CHANNEL, writer)
     pad = "x" * 400
     for start in range(0, EVENTS, 50):
         resp = await client.post("/v1/events/publish", json={"events": [
@@ -196,10 +189,7 @@ async def _backlogged_ws(gateway: Callable[..., Any]
     reader, writer = await stalled_ws(client.host, client.port)
     writer.write(ws_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
     await writer.drain()
-    await wait_until(lambda: hub.local_count(CHANNEL) == 1)
-    sub = next(iter(hub.connections.values()))
-    sub.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    stop_reading(writer)
+    sub = await stall_only_subscriber(hub, CHANNEL, writer)
     pad = "x" * 4000
     for start in range(0, 600, 50):
         resp = await client.post("/v1/events/publish", json={"events": [

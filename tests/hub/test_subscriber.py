@@ -71,6 +71,16 @@ def _event(channel: str, n: int, pad: int = 1000) -> Event:
     return Event(channel, f"{n}-0", None, f'{{"n":{n},"pad":"{"x" * pad}"}}')
 
 
+def _back_up(stalled: Stalled, channel: str) -> int:
+    """Deliver events of ``channel`` until one is queued (kernel buffers and transport
+    full); the count delivered."""
+    n = 0
+    while stalled.sub._queue is None:
+        stalled.hub.deliver(_event(channel, n))
+        n += 1
+    return n
+
+
 async def _fill(stalled: Stalled, events: list[Event]) -> None:
     for event in events:
         stalled.hub.deliver(event)
@@ -140,11 +150,7 @@ async def test_reply_on_a_full_queue_drops_the_oldest_droppable_event(
                                                "broadcast:b": policy})
     cleanup.append(stalled)
     sub = stalled.sub
-    # Fill the kernel buffers and the transport: whatever comes next is queued.
-    n = 0
-    while sub._queue is None:
-        stalled.hub.deliver(_event("broadcast:a", n))
-        n += 1
+    n = _back_up(stalled, "broadcast:a")
     await _fill(stalled, [_event("broadcast:a" if k % 2 else "broadcast:b", n + k)
                           for k in range(10 - sub.queue_depth)])
     assert sub.queue_depth == 10
@@ -163,10 +169,7 @@ async def test_reply_on_a_queue_of_disconnect_events_closes(cleanup: list[Stalle
                              slow_consumer_policy="disconnect")
     cleanup.append(stalled)
     sub = stalled.sub
-    n = 0
-    while sub._queue is None:
-        stalled.hub.deliver(_event("broadcast:a", n))
-        n += 1
+    n = _back_up(stalled, "broadcast:a")
     await _fill(stalled, [_event("broadcast:a", n + k) for k in range(10 - sub.queue_depth)])
     assert sub.queue_depth == 10 and not sub.closed
     sub.push_frame(b"reply")

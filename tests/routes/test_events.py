@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,13 @@ from aiohttp.test_utils import TestClient
 from luki_gateway.hub.hub import HUB
 
 from ..conftest import bearer
-from ..hub.streams import SseReader, resume_reading, stalled_sse, stop_reading, wait_until
+from ..hub.streams import (
+    SseReader,
+    resume_reading,
+    stall_only_subscriber,
+    stalled_sse,
+    wait_until,
+)
 
 OPEN = {"auth": {"enabled": False}}
 
@@ -185,11 +190,7 @@ async def test_sse_live_gap_then_reconnect_with_last_event_id_has_no_duplicates(
                                 "queue_max_messages": 20}, **OPEN)
     hub = client.app[HUB]
     reader, writer = await stalled_sse(client.host, client.port, f"/v1/events?channel={channel}")
-    await wait_until(lambda: hub.local_count(channel) == 1)
-    stream = next(iter(hub.connections.values()))
-    stream.transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    stop_reading(writer)
+    await stall_only_subscriber(hub, channel, writer)
     pad = "x" * 400
     ids: list[str] = []
     for start in range(0, total, 50):
