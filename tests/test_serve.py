@@ -237,7 +237,9 @@ async def test_ready_answers_503_while_the_listener_drains(
     served = start_serve(workers, SHUTDOWN_DRAIN_S=str(drain_s))
     await worker_pids(served, want=workers)
     readiness: list[tuple[int, str, str | None]] = []
-    connector = aiohttp.TCPConnector(force_close=True)  # a new connection for every poll
+    # A keep-alive pool, as a load balancer's: the server itself must say Connection: close
+    # (a client asking for it would get it back whatever the server does).
+    connector = aiohttp.TCPConnector()
     async with aiohttp.ClientSession(connector=connector) as session:
         stopped_at = time.monotonic()
         served.proc.send_signal(signal.SIGTERM)

@@ -40,7 +40,9 @@ class ResponseHeaders:
         if self._lifecycle.draining:
             # Connection: close, so keep-alive clients (a load balancer's pool) reconnect
             # now, elsewhere, instead of racing the listener's close with their next request.
+            # aiohttp wrote its Connection header before this hook runs: say it ourselves.
             response.force_close()
+            response.headers["Connection"] = "close"
         decision = request.get(RATE_DECISION)
         if decision is not None:
             response.headers.update(decision_headers(decision))
