@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from luki_gateway.devstack.agent import reply_tokens
-from luki_gateway.hub.turns import LOST_SEQ, MAX_TURN_STREAMS, TurnLost, TurnRegistry
+from luki_gateway.hub.turns import LOST_SEQ, MAX_TURN_STREAMS, TURNS, TurnLost, TurnRegistry
 from luki_gateway.settings import ChatSettings
 from tests.chat.dead_owner import turn_of_a_dead_process
 from tests.chat.sse_client import Received, read_events
@@ -510,3 +511,41 @@ async def test_streams_of_one_turn_are_bounded_per_process(
         for resp in [*held[1:], again]:
             resp.close()
     first.close()
+
+
+async def test_streams_of_a_finished_turn_are_bounded_too(
+        start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]) -> None:
+    """A stream of a finished turn holds a connection while it writes (a client that does
+    not read holds it long): it takes one of the turn's MAX_TURN_STREAMS places like a
+    live one (here the places are taken by hand: such streams end too fast to hold)."""
+    agent = await start_agent(tokens=3, tokens_per_s=200.0)
+    client = await chat_gateway(agent)
+    turn_id, events = await _start(client, bearer(), 10)
+    assert events[-1].event == "done"
+    registry = client.server.app[TURNS]
+    with contextlib.ExitStack() as places:
+        for _ in range(MAX_TURN_STREAMS):
+            places.enter_context(registry.stream_slot(turn_id))
+        assert (await _resume_on(client, turn_id, 0)).status == 429
+    resp = await _resume_on(client, turn_id, 0)
+    assert [e.event for e in await read_events(resp)][-1] == "done"
+
+
+async def test_a_resume_elsewhere_past_the_buffer_is_404_before_the_stream(
+        redis_url: str, start_agent: Callable[..., Any], chat_gateway: Callable[..., Any]
+        ) -> None:
+    """On a process that does not run the turn, a resume after events Redis no longer
+    keeps is a 404 as on the owner's (an error event after a 200 made an EventSource
+    reconnect with the same id every few seconds, for ever)."""
+    # Redis trims approximately (whole nodes of 100 entries): a turn of a few hundred.
+    agent = await start_agent(tokens=400, tokens_per_s=2000.0)
+    owner_gw, other_gw = await _pair(chat_gateway, agent, redis_url,
+                                     chat={"resume_max_events": 8})
+    turn_id, events = await _start(owner_gw, bearer(), 500)
+    assert events[-1].event == "done"
+    for gw in (owner_gw, other_gw):
+        gone = await _resume_on(gw, turn_id, 2)
+        assert gone.status == 404 and (await gone.json())["error"]["code"] == "NOT_FOUND"
+        kept = await _resume_on(gw, turn_id, 398)
+        rest = [e.id for e in await read_events(kept)]
+        assert rest == [f"{turn_id}:{i}" for i in (399, 400, 401)]

@@ -28,7 +28,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -289,6 +289,8 @@ class TurnRegistry:
         self._follow_redis: aioredis.Redis | None = None
         # Turn id -> streams of this process following it (start_follow).
         self._following: dict[str, int] = {}
+        # Turn id -> open SSE streams of it in this process (stream_slot).
+        self._streams: dict[str, int] = {}
         self.grace_s = settings.resume_grace_s if settings.resume else 0.0
         self.ttl_s = settings.resume_ttl_s
         self.max_events = settings.resume_max_events if settings.resume else 0
@@ -600,10 +602,46 @@ class TurnRegistry:
 
     async def has_remote_end(self, turn_id: str, owner: str, after_seq: int) -> bool:
         """:meth:`check_remote` (raises the same), then True when a client that has the
-        events up to ``after_seq`` already has the turn's terminal event."""
+        events up to ``after_seq`` already has the turn's terminal event.
+
+        NotFound when events after ``after_seq`` are no longer kept (the Redis copy keeps
+        the newest ``resume_max_events``): told before any stream starts, as a 404 that
+        stops an EventSource, not as an error event it would reconnect after."""
         await self.check_remote(turn_id, owner)
         last = await self.remote_end(turn_id)
-        return last is not None and after_seq >= last
+        if last is not None and after_seq >= last:
+            return True
+        redis = self.redis
+        if redis is not None and after_seq > 0:
+            try:
+                first: Any = await redis.xrange(self.stream_key(turn_id), "-", "+", count=1)
+            except (RedisError, OSError):
+                _reraise_cancel()
+                raise DownstreamUnavailable("turn store unavailable") from None
+            if first and int(first[0][1][b"s"]) > after_seq + 1:
+                raise NotFound("the turn has moved past the resume buffer",
+                               details={"turn_id": turn_id})
+        return False
+
+    @contextlib.contextmanager
+    def stream_slot(self, turn_id: str) -> Iterator[None]:
+        """Hold one of the MAX_TURN_STREAMS places of ``turn_id``'s SSE streams in this
+        process for the life of one (RateLimitExceeded when none is free). Counted apart
+        from the turn's listeners: a stream of a finished turn, or one still writing what a
+        follower read, holds a connection all the same."""
+        streams = self._streams
+        count = streams.get(turn_id, 0)
+        if count >= MAX_TURN_STREAMS:
+            raise too_many_streams(turn_id)
+        streams[turn_id] = count + 1
+        try:
+            yield
+        finally:
+            left = streams.get(turn_id, 1) - 1
+            if left > 0:
+                streams[turn_id] = left
+            else:
+                streams.pop(turn_id, None)
 
     def start_follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
                      trace_id: str) -> asyncio.Task[None]:

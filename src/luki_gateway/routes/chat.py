@@ -154,14 +154,15 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
 async def _relay(request: web.Request, turn: Turn, after_seq: int) -> web.StreamResponse:
     """Write ``turn``'s events after ``after_seq`` to this request until it ends or leaves."""
     sink = SseSink(request)
-    try:
-        turn.attach(sink, after_seq)
-        response = await open_sse(request, turn.turn_id, sink)
-        with contextlib.suppress(ConnectionError):  # the client left mid-write
-            await sink.pump(response)
-        return response
-    finally:
-        turn.detach(sink)
+    with request.app[TURNS].stream_slot(turn.turn_id):
+        try:
+            turn.attach(sink, after_seq)
+            response = await open_sse(request, turn.turn_id, sink)
+            with contextlib.suppress(ConnectionError):  # the client left mid-write
+                await sink.pump(response)
+            return response
+        finally:
+            turn.detach(sink)
 
 
 def _resume_point(request: web.Request) -> tuple[str, int] | None:
@@ -203,17 +204,18 @@ async def _resume(request: web.Request, turn_id: str, after: int) -> web.StreamR
     if await registry.has_remote_end(turn_id, principal.id, after):
         return _nothing_more()
     sink = SseSink(request)
-    feeder = registry.start_follow(turn_id, principal.id, after, sink,
-                                   trace_of(request).trace_id)
-    # Followed to its end, or the client had the end already (found out while following).
-    feeder.add_done_callback(lambda _: sink.close_quietly())
-    try:
-        response = await open_sse(request, turn_id, sink)
-        with contextlib.suppress(ConnectionError):
-            await sink.pump(response)
-        return response
-    finally:
-        feeder.cancel()
+    with registry.stream_slot(turn_id):
+        feeder = registry.start_follow(turn_id, principal.id, after, sink,
+                                       trace_of(request).trace_id)
+        # Followed to its end, or the client had the end already (found while following).
+        feeder.add_done_callback(lambda _: sink.close_quietly())
+        try:
+            response = await open_sse(request, turn_id, sink)
+            with contextlib.suppress(ConnectionError):
+                await sink.pump(response)
+            return response
+        finally:
+            feeder.cancel()
 
 
 def setup(app: web.Application) -> None:
