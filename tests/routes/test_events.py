@@ -291,6 +291,9 @@ async def test_publish_validation(gateway: Callable[..., Any]) -> None:
         # The gateway's own SSE notice names: a client could not tell them apart.
         *[({"channel": "broadcast:a", "data": {}, "event": name}, 422)
           for name in ("gap", "reset", "error", "reconnect")],
+        # A final newline would end the SSE field early (and slip past the names above).
+        ({"channel": "broadcast:a", "data": {}, "event": "gap\n"}, 422),
+        ({"channel": "broadcast:a", "data": {}, "event": "update\n"}, 422),
         ({"channel": "nochannel", "data": {}}, 422),
         ({"channel": "broadcast:a", "data": {"x": "y" * 2000}}, 413),
         ({"events": []}, 422),

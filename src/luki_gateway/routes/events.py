@@ -35,7 +35,7 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 # The gateway's own SSE notices: an event of a publisher's named so would look like one.
 RESERVED_EVENT_NAMES = ("gap", "reset", "error", "reconnect")
 _EVENT_NAME = validate.And(
-    validate.Regexp(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$",
+    validate.Regexp(r"\A[A-Za-z][A-Za-z0-9_.:-]{0,63}\Z",  # \Z: "$" allows a final \n
                     error="event must be a name like 'update' or 'order.created'"),
     validate.NoneOf(RESERVED_EVENT_NAMES,
                     error="event names gap, reset, error and reconnect are the gateway's own"))
