@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import ClientWebSocketResponse
+from aiohttp import ClientWebSocketResponse, web
 
 from luki_gateway.devstack.agent import reply_tokens
 from luki_gateway.hub.turns import LOST_SEQ
@@ -451,4 +451,30 @@ async def test_ws_chat_turns_count_against_the_rate_limit(start_agent: Callable[
     assert len(agent.log.streams) == 3
     await ws.send_json({"type": "ping", "id": "p"})
     assert (await ws.receive_json(timeout=5))["type"] == "pong"
+    await ws.close()
+
+
+async def test_an_agent_token_with_a_lone_surrogate_reaches_ws_clients(
+        upstream: Callable[..., Any], gateway: Callable[..., Any]) -> None:
+    """A token whose JSON holds a lone surrogate escape (no UTF-8 form) goes out escaped as
+    the agent sent it, on WS as on SSE: it failed the whole turn with INTERNAL_ERROR (and
+    every other stream of it) when the WS frame was encoded."""
+    async def odd(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'event: token\ndata: {"text": "bad \\ud800 x"}\n\n'
+                             b'event: done\ndata: {"finish_reason": "stop"}\n\n')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/stream", odd)
+    client = await gateway(upstreams={"agent": await upstream(app)})
+    ws = await _connect(client)
+    await ws.send_json({"type": "chat", "id": "c", "message": "hi"})
+    frames = []
+    while not frames or json.loads(frames[-1])["type"] not in ("done", "error"):
+        frames.append(await ws.receive_str(timeout=5))
+    assert [json.loads(f)["type"] for f in frames] == ["token", "done"]
+    assert '"bad \\ud800 x"' in frames[0] and json.loads(frames[0])["text"] == "bad \ud800 x"
     await ws.close()

@@ -36,8 +36,17 @@ def http_chunk(data: bytes) -> bytes:
 
 
 def ws_json_frame(message: object) -> bytes:
-    """A JSON message as one WebSocket text frame."""
-    return ws_frame(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+    """A JSON message as one WebSocket text frame.
+
+    A string with a lone surrogate (an agent's ``"\\ud800"``, kept as is by its JSON) has no
+    UTF-8 form: such a message goes out with ``\\u`` escapes instead, as the agent sent it.
+    """
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        data = json.dumps(message, separators=(",", ":")).encode()
+    return ws_frame(data)
 
 
 def sse_block(data: str, *, event: str | None = None, event_id: str | None = None) -> bytes:
