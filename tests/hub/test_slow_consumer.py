@@ -227,3 +227,24 @@ async def test_backlogged_peer_that_still_reads_is_kept(gateway: Callable[..., A
         assert sub.queue_depth > 0  # still backlogged: no ping was sent to answer
     assert sub.awaiting_pong
     writer.close()
+
+
+async def test_backlogged_peer_reading_too_little_to_resume_the_transport_is_kept(
+        gateway: Callable[..., Any]) -> None:
+    """A peer that reads a little between ticks (the transport stays paused, so no frame
+    leaves the queue) is slow, not dead: fewer bytes waiting in the transport show it. It
+    was dropped at the second tick."""
+    hub, sub, reader, writer = await _backlogged_ws(gateway)
+    hub.sweep(ping=True)
+    resume_reading(writer)
+    for _ in range(4):
+        taken = 0
+        while taken < 4096:
+            taken += len(await asyncio.wait_for(reader.read(4096 - taken), 5))
+        stop_reading(writer)
+        await asyncio.sleep(0.05)  # the gateway's loop moves more into the kernel's buffer
+        assert sub.protocol._paused and not sub._drained  # no frame left the queue
+        hub.sweep(ping=True)
+        assert not sub.closed
+        resume_reading(writer)
+    writer.close()

@@ -33,7 +33,7 @@ def close_frame(code: int) -> bytes:
 class WsSubscriber(Subscriber):
     """One ``/v1/ws`` socket: JSON messages out through the subscriber queue."""
 
-    __slots__ = ("awaiting_pong", "client_ip", "malformed")
+    __slots__ = ("_unsent", "awaiting_pong", "client_ip", "malformed")
 
     kind = "ws"
 
@@ -42,6 +42,8 @@ class WsSubscriber(Subscriber):
                  ) -> None:
         super().__init__(hub, principal, transport, protocol, lease)
         self.awaiting_pong = False
+        # The transport's unsent bytes at the last heartbeat tick (progress while paused).
+        self._unsent = 0
         self.malformed = 0  # bad client messages so far (closed 1008 past the budget)
         # The client's address as the rate limiter sees it (messages that start work are
         # charged like requests).
@@ -67,9 +69,14 @@ class WsSubscriber(Subscriber):
 
         A backlogged peer gets no ping (it would queue behind the backlog and count against
         it), but the same rule applies: one that stopped reading would otherwise hold a full
-        queue forever, while one that still drains its backlog is slow, not dead.
+        queue forever, while one that still reads is slow, not dead. Reading shows as a
+        frame taken from the queue or, while the transport stays paused (a slow reader
+        frees too little for it to resume), as fewer bytes waiting in the transport.
         """
         drained, self._drained = self._drained, False
+        unsent, self._unsent = self._unsent, self.transport.get_write_buffer_size()
+        if self._unsent < unsent:
+            drained = True
         if self.awaiting_pong and not drained:
             transport = self.transport
             self.close()
