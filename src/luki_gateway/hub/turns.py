@@ -183,6 +183,30 @@ def too_many_streams(turn_id: str) -> RateLimitExceeded:
         details={"kind": "concurrency", "turn_id": turn_id, "limit": MAX_TURN_STREAMS})
 
 
+class TurnStreamCounts:
+    """How many streams of each turn are open in this process, at most MAX_TURN_STREAMS."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def take(self, turn_id: str) -> None:
+        """Count one more stream of ``turn_id`` (RateLimitExceeded when it has them all)."""
+        count = self._counts.get(turn_id, 0)
+        if count >= MAX_TURN_STREAMS:
+            raise too_many_streams(turn_id)
+        self._counts[turn_id] = count + 1
+
+    def give_back(self, turn_id: str) -> None:
+        """One stream of ``turn_id`` ended."""
+        left = self._counts.get(turn_id, 1) - 1
+        if left > 0:
+            self._counts[turn_id] = left
+        else:
+            self._counts.pop(turn_id, None)
+
+
 class Turn:
     """One turn running in this process: its events so far and who listens to them."""
 
@@ -287,10 +311,10 @@ class TurnRegistry:
         # covers the block (plus Redis's 100 ms timer granularity), made on first use.
         self._follow_timeout_s = WATCH_REFRESH_S + 0.5 + redis_timeout_s
         self._follow_redis: aioredis.Redis | None = None
-        # Turn id -> streams of this process following it (start_follow).
-        self._following: dict[str, int] = {}
-        # Turn id -> open SSE streams of it in this process (stream_slot).
-        self._streams: dict[str, int] = {}
+        # Streams of this process following a turn (start_follow), and open SSE streams of
+        # a turn (stream_slot), per turn id.
+        self._following = TurnStreamCounts()
+        self._streams = TurnStreamCounts()
         self.grace_s = settings.resume_grace_s if settings.resume else 0.0
         self.ttl_s = settings.resume_ttl_s
         self.max_events = settings.resume_max_events if settings.resume else 0
@@ -629,39 +653,19 @@ class TurnRegistry:
         process for the life of one (RateLimitExceeded when none is free). Counted apart
         from the turn's listeners: a stream of a finished turn, or one still writing what a
         follower read, holds a connection all the same."""
-        streams = self._streams
-        count = streams.get(turn_id, 0)
-        if count >= MAX_TURN_STREAMS:
-            raise too_many_streams(turn_id)
-        streams[turn_id] = count + 1
+        self._streams.take(turn_id)
         try:
             yield
         finally:
-            left = streams.get(turn_id, 1) - 1
-            if left > 0:
-                streams[turn_id] = left
-            else:
-                streams.pop(turn_id, None)
+            self._streams.give_back(turn_id)
 
     def start_follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
                      trace_id: str) -> asyncio.Task[None]:
         """:meth:`follow` in a task of its own, at most MAX_TURN_STREAMS per turn in this
         process (RateLimitExceeded beyond)."""
-        following = self._following
-        count = following.get(turn_id, 0)
-        if count >= MAX_TURN_STREAMS:
-            raise too_many_streams(turn_id)
-        following[turn_id] = count + 1
-
-        def ended(_: asyncio.Task[None]) -> None:
-            left = following.get(turn_id, 1) - 1
-            if left > 0:
-                following[turn_id] = left
-            else:
-                following.pop(turn_id, None)
-
+        self._following.take(turn_id)
         task = asyncio.create_task(self.follow(turn_id, owner, after_seq, listener, trace_id))
-        task.add_done_callback(ended)
+        task.add_done_callback(lambda _: self._following.give_back(turn_id))
         return task
 
     async def follow(self, turn_id: str, owner: str, after_seq: int, listener: Listener,
