@@ -250,6 +250,20 @@ async def test_client_leaves_idle_event_stream(served: Served,
     assert echo_app[1].streams_cancelled == 1
 
 
+async def test_client_leaves_before_the_upstream_answers(
+        served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """Client gives up while the upstream has not answered yet: the upstream request is
+    dropped within a fraction of a second, not kept until the upstream answers or the
+    route's timeout (30 s); the gateway logs no error for it."""
+    with pytest.raises(TimeoutError):
+        await served.session.get(served.base + "/v1/elr/slow-headers?s=20",
+                                 timeout=aiohttp.ClientTimeout(total=0.3))
+    assert served.memory.in_use == 1
+    await wait_for(lambda: served.memory.in_use == 0, within_s=1.5)
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_client_leaves_mid_upload(served: Served, echo_app: tuple[str, Control],
                                         framing: str) -> None:

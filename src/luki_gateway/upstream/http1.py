@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         "_parser",
         "_paused",
         "_pool",
+        "client",
         "closed",
         "headers",
         "idle_since",
@@ -122,6 +123,9 @@ class Connection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
         self._consumer: BodyConsumer | None = None
+        # The downstream connection this exchange answers, when its caller wants the
+        # exchange ended once that client has gone (checked by the pool's sweep).
+        self.client: asyncio.BaseTransport | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -253,9 +257,18 @@ class Connection(asyncio.Protocol):
         """True when the awaited bytes are late (the pool's sweep then times it out)."""
         return 0.0 < self._deadline <= now
 
-    def send(self, head: bytes, body: bytes | None, timeout_s: float | None
-             ) -> asyncio.Future[None]:
+    def client_gone(self) -> bool:
+        """True when the downstream client this exchange answers has hung up."""
+        client = self.client
+        return client is not None and client.is_closing()
+
+    def send(self, head: bytes, body: bytes | None, timeout_s: float | None,
+             client: asyncio.BaseTransport | None = None) -> asyncio.Future[None]:
         """Write the request; the future completes when the final response's headers are in.
+
+        With ``client``, the wait for the head (and for a body read with a timeout) fails
+        with ConnectionResetError soon after that downstream connection closes, and the
+        upstream connection is closed: nobody waits for the answer any more.
 
         A plain function returning the future (no coroutine of its own): the hot path
         awaits it directly, one frame less on every resumption.
@@ -264,6 +277,7 @@ class Connection(asyncio.Protocol):
         if transport is None or self.closed:
             raise UpstreamClosed("connection closed", before_response=True)
         self._reset_exchange()
+        self.client = client
         self._active = True
         loop = asyncio.get_running_loop()
         waiter = self._head_waiter = loop.create_future()
@@ -497,7 +511,10 @@ class Pool:
             if conn.overdue(now):
                 conn._on_timeout()
             elif conn._deadline:
-                watching = True
+                if conn.client_gone():
+                    conn._fail(ConnectionResetError("the client left before the answer"))
+                else:
+                    watching = True
         if watching:
             self.watch_deadlines(loop)
 
@@ -506,6 +523,7 @@ class Pool:
         if conn not in self._in_use:
             return
         self._in_use.discard(conn)
+        conn.client = None
         if conn.finish() and not self._closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)

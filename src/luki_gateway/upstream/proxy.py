@@ -212,7 +212,7 @@ async def forward(request: web.Request, route: Route, config: ProxyConfig
         conn: Connection | None = None
         try:
             conn = pool.take_idle() or await pool.acquire()
-            await conn.send(head, body, route.timeout_s)
+            await conn.send(head, body, route.timeout_s, request.transport)
             streaming = _lean_is_stream(conn, config.small_body_bytes)
             data = b""
             if not streaming:
