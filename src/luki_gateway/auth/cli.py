@@ -67,15 +67,9 @@ def _store_call(settings: Settings, call: Callable[[KeyStore], Awaitable[T]]) ->
         raise SystemExit(1) from None
 
 
-def _owner(value: str) -> str:
-    """argparse type: a key owner (forwarded as X-LUKi-Principal): printable, not blank."""
-    if not value.strip() or not value.isprintable() or len(value) > 256:
-        raise argparse.ArgumentTypeError("must be 1..256 printable characters")
-    return value
-
-
-def _subject(value: str) -> str:
-    """argparse type: a JWT subject the gateway accepts (and forwards as a header)."""
+def _identity(value: str) -> str:
+    """argparse type: a key owner or tenant, or a JWT subject (forwarded as a header, e.g.
+    X-LUKi-Principal): printable, not blank, at most 256 characters."""
     if not value.strip() or not value.isprintable() or len(value) > 256:
         raise argparse.ArgumentTypeError("must be 1..256 printable characters, not blank")
     return value
@@ -230,13 +224,13 @@ def add_auth_commands(sub: Any, add_settings_flags: Callable[[argparse.ArgumentP
 
     p = keys_sub.add_parser("create", help="create a key and print it (once)")
     store_flags(p)
-    p.add_argument("--owner", required=True, type=_owner, help="who the key belongs to")
+    p.add_argument("--owner", required=True, type=_identity, help="who the key belongs to")
     p.add_argument("--scope", action="append", default=[], type=_scope,
                    help="granted scope (repeatable)")
     p.add_argument("--env", choices=KEY_ENVS, default="live", help="key environment")
     p.add_argument("--expires", type=parse_duration, metavar="DURATION",
                    help="lifetime, e.g. 30d, 12h")
-    p.add_argument("--tenant", type=_owner, help="tenant the key belongs to")
+    p.add_argument("--tenant", type=_identity, help="tenant the key belongs to")
     p.set_defaults(func=cmd_keys_create)
 
     p = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
@@ -250,7 +244,7 @@ def add_auth_commands(sub: Any, add_settings_flags: Callable[[argparse.ArgumentP
 
     p = sub.add_parser("token", help="mint a development JWT (HS256; refused in production)")
     add_settings_flags(p)
-    p.add_argument("--sub", default="dev", type=_subject, help="subject (default: dev)")
+    p.add_argument("--sub", default="dev", type=_identity, help="subject (default: dev)")
     p.add_argument("--scope", action="append", type=_scope, help="scope (repeatable)")
     p.add_argument("--role", action="append", help="role claim (repeatable)")
     p.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime (default 1h)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .batch import LuaScript, ScriptBatch
 
@@ -108,20 +108,24 @@ class RedisLeaseStore:
     async def refresh(self, items: Sequence[tuple[str, str]], ttl_ms: int
                       ) -> list[tuple[str, str]]:
         """Heartbeat: extend every lease still held by this process; returns the missing."""
-        missing: list[tuple[str, str]] = []
-        for start in range(0, len(items), REFRESH_CHUNK):
-            chunk = items[start:start + REFRESH_CHUNK]
-            indexes = await self.batch.run(REFRESH, [k for k, _ in chunk],
-                                           [ttl_ms, *(m for _, m in chunk)])
-            missing += [chunk[int(i) - 1] for i in indexes]
-        return missing
+        return [chunk[int(i) - 1]
+                for chunk, indexes in await self._by_chunk(REFRESH, items, ttl_ms)
+                for i in indexes]
 
     async def restore(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> None:
         """Put lost leases back."""
+        await self._by_chunk(RESTORE, items, ttl_ms)
+
+    async def _by_chunk(self, script: LuaScript, items: Sequence[tuple[str, str]],
+                        ttl_ms: int) -> list[tuple[Sequence[tuple[str, str]], Any]]:
+        """Run ``script`` over ``items`` REFRESH_CHUNK at a time (keys, then ttl and
+        members); each chunk with the script's answer."""
+        answers = []
         for start in range(0, len(items), REFRESH_CHUNK):
             chunk = items[start:start + REFRESH_CHUNK]
-            await self.batch.run(RESTORE, [k for k, _ in chunk],
-                                 [ttl_ms, *(m for _, m in chunk)])
+            answers.append((chunk, await self.batch.run(script, [k for k, _ in chunk],
+                                                        [ttl_ms, *(m for _, m in chunk)])))
+        return answers
 
     async def release(self, key: str, member: str) -> None:
         """Remove the member now rather than waiting for its expiry."""
